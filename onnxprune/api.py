@@ -1,0 +1,132 @@
+"""The Python entry point: `onnxprune.prune(...)`, the same pipeline the CLI runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxprune.depgraph import Group
+from onnxprune.modelio import check_output_path
+from onnxprune.pipeline import Context, Pass, run_pipeline
+from onnxprune.plan import Plan
+
+
+@dataclass
+class PruneOptions:
+    """Every option of a prune run; the CLI flags map one to one onto these fields."""
+
+    filters: float = 0.0
+    criterion: str = "l1"
+    calib: str | None = None
+    calib_samples: int = 64
+    batch_size: int = 32
+    exclude: tuple[str, ...] = ()
+    round_to: int = 1
+    seed: int = 0
+    mask_only: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    plan: str | None = None  # replay the kept channels of an earlier report/plan
+
+
+@dataclass
+class PruneResult:
+    output: Path | None
+    model: onnx.ModelProto
+    report: dict[str, Any]
+    groups: list[Group]
+    plan: Plan
+
+
+def default_output(model_path: str | Path) -> Path:
+    path = Path(model_path)
+    return path.with_name(path.stem + ".pruned.onnx")
+
+
+def build_passes(
+    model_path: str | Path,
+    output: str | Path | None,
+    options: PruneOptions,
+    report_path: str | Path | None = None,
+    command: Sequence[str] = (),
+) -> list[Pass]:
+    """The pass list of a prune run (names resolve through the registry)."""
+    from onnxprune.passes import PASSES  # passes import the core; import them late
+
+    recorded = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()}
+    passes = [
+        PASSES["load"](path=str(model_path)),
+        PASSES["normalize"](),
+        PASSES["calibrate"](
+            calib=options.calib,
+            samples=options.calib_samples,
+            batch_size=options.batch_size,
+            seed=options.seed,
+        ),
+        PASSES["groups"](),
+    ]
+    if options.plan is None:
+        passes.append(PASSES["score"](criterion=options.criterion))
+    passes += [
+        PASSES["plan"](
+            ratio=options.filters,
+            criterion=options.criterion,
+            round_to=options.round_to,
+            exclude=tuple(options.exclude),
+            replay=options.plan,
+        ),
+        PASSES["mask" if options.mask_only else "surgery"](),
+        PASSES["verify"](),
+        PASSES["report"](command=tuple(command), options=recorded),
+    ]
+    if output is not None:
+        passes.append(
+            PASSES["emit"](output=str(output), report=str(report_path) if report_path else None)
+        )
+    return passes
+
+
+def prune(
+    model_path: str | Path,
+    output: str | Path | None = None,
+    options: PruneOptions | None = None,
+    *,
+    report_path: str | Path | None = None,
+    write: bool = True,
+    command: Sequence[str] | None = None,
+    **overrides: Any,
+) -> PruneResult:
+    """Prune `model_path` and (unless write=False) write the result.
+
+    Options come from `options` and/or keyword overrides, e.g.
+    `prune("m.onnx", filters=0.5, calib="x.npz")`. Raises `PruneError` subclasses
+    on bad input; nothing is written unless every check passes.
+    """
+    options = options or PruneOptions()
+    for key, value in overrides.items():
+        if not hasattr(options, key):
+            raise TypeError(f"prune() got an unknown option '{key}'")
+        setattr(options, key, value)
+    if write:
+        output = output or default_output(model_path)
+        targets = [output] + ([report_path] if report_path else [])
+        for target in targets:
+            check_output_path(target, [model_path])
+    else:
+        output = None
+    ctx = Context(input_shapes=dict(options.input_shapes))
+    passes = build_passes(
+        model_path, output, options, report_path, command if command is not None else sys.argv
+    )
+    run_pipeline(passes, ctx)
+    return PruneResult(
+        output=ctx.output_path,
+        model=ctx.pruned,
+        report=ctx.report,
+        groups=ctx.groups,
+        plan=ctx.plan,
+    )

@@ -1,0 +1,191 @@
+"""Command line: `onnxprune MODEL.onnx --filters R` (the `prune` command is the default).
+
+Errors the user can act on print one line, `onnxprune: error: ...`, and exit with
+the code documented in the README (see `onnxprune.errors.EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from onnxprune import __version__
+from onnxprune.api import PruneOptions, default_output, prune
+from onnxprune.calib import parse_input_shape
+from onnxprune.criteria import CRITERIA
+from onnxprune.errors import EXIT_CODES, PruneError
+
+log = logging.getLogger("onnxprune")
+
+
+class _DefaultToPrune(click.Group):
+    """A group whose first argument, if not a subcommand, means `prune`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("onnxprune: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+_EXIT_HELP = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
+
+
+@click.group(
+    cls=_DefaultToPrune,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=f"Exit codes:\n\n{_EXIT_HELP}",
+)
+@click.version_option(__version__, prog_name="onnxprune")
+def main() -> None:
+    """Prune ONNX models without a training framework.
+
+    Run `onnxprune MODEL.onnx --filters 0.5` (same as `onnxprune prune ...`).
+    """
+
+
+@main.command("prune", epilog=f"\b\nExit codes:\n{_EXIT_HELP}")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--filters",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Fraction of each prunable group's filters (channels) to remove, in [0, 1).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Pruned model path [default: MODEL.pruned.onnx beside the input].",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    help=".npz of calibration inputs keyed by input name (first axis = samples).",
+)
+@click.option(
+    "--calib-samples", type=int, default=64, show_default=True, help="Calibration samples to use."
+)
+@click.option(
+    "--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."
+)
+@click.option(
+    "--criterion",
+    default="l1",
+    show_default=True,
+    help=f"Filter importance criterion: {', '.join(sorted(CRITERIA))}.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Never prune groups touching nodes whose name matches GLOB (repeatable).",
+)
+@click.option(
+    "--round-to",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Keep a multiple of N channels per group (hardware-friendly widths).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for random calibration inputs."
+)
+@click.option(
+    "--mask-only",
+    is_flag=True,
+    help="Keep all shapes; zero every pruned channel at its consumers instead.",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME:D0,D1,...",
+    help="Concrete shape for an input with dynamic dims (repeatable).",
+)
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path),
+    help="Replay the kept channels of an earlier --report (or plan) JSON.",
+)
+@click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
+def prune_command(
+    model: Path,
+    filters: float,
+    output: Path | None,
+    calib: Path | None,
+    calib_samples: int,
+    batch_size: int,
+    criterion: str,
+    report_path: Path | None,
+    exclude: tuple[str, ...],
+    round_to: int,
+    seed: int,
+    mask_only: bool,
+    input_shapes: tuple[str, ...],
+    plan_path: Path | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Remove a fraction of the filters of MODEL and write the pruned model."""
+    _setup_logging(verbose, quiet)
+    try:
+        if criterion not in CRITERIA:
+            from onnxprune.criteria import get_criterion
+
+            get_criterion(criterion)  # raises with the list of valid names
+        shapes = dict(parse_input_shape(s) for s in input_shapes)
+        options = PruneOptions(
+            filters=filters,
+            criterion=criterion,
+            calib=str(calib) if calib else None,
+            calib_samples=calib_samples,
+            batch_size=batch_size,
+            exclude=tuple(exclude),
+            round_to=round_to,
+            seed=seed,
+            mask_only=mask_only,
+            input_shapes=shapes,
+            plan=str(plan_path) if plan_path else None,
+        )
+        result = prune(
+            model,
+            output or default_output(model),
+            options,
+            report_path=report_path,
+            command=["onnxprune", *sys.argv[1:]],
+        )
+    except PruneError as exc:
+        click.echo(f"onnxprune: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception:
+        if verbose:
+            raise
+        click.echo("onnxprune: internal error (a bug); rerun with -v for the traceback", err=True)
+        sys.exit(1)
+    if not quiet:
+        from onnxprune.report import format_table
+
+        click.echo(format_table(result.report))
+        click.echo(f"wrote {result.output}" + (f" and {report_path}" if report_path else ""))

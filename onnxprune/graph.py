@@ -1,0 +1,143 @@
+"""The working IR: an onnx-graphsurgeon Graph plus the tensor shapes we rely on.
+
+onnx-graphsurgeon gives producer/consumer links and numpy-valued constants, which
+is what channel analysis and surgery need. Shapes come from ONNX shape inference
+(never from guessing); dimensions that stay unknown are `None` or a symbol name.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+
+# graphsurgeon logs warnings (and a hint about the 'colored' package) on stdout;
+# our own report is the one place a user reads.
+G_LOGGER.severity = G_LOGGER.ERROR
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a model into graphsurgeon's IR, keeping opset and IR version for export."""
+    return gs.import_onnx(model)
+
+
+def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export `graph` as a model carrying `template`'s metadata, IR version and opsets."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = template.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(template.opset_import)
+    model.producer_name = template.producer_name
+    model.producer_version = template.producer_version
+    model.domain = template.domain
+    model.model_version = template.model_version
+    model.doc_string = template.doc_string
+    del model.metadata_props[:]
+    model.metadata_props.extend(template.metadata_props)
+    return model
+
+
+def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs the caller must feed (IR < 4 also lists initializers as inputs)."""
+    init_names = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in init_names]
+
+
+def value_shape(info: onnx.ValueInfoProto) -> Shape | None:
+    """The shape of a value info, with symbolic dims as their names (None if unnamed)."""
+    ttype = info.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in ttype.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def fix_input_dims(
+    model: onnx.ModelProto, overrides: Mapping[str, tuple[int, ...]], default: int | None
+) -> onnx.ModelProto:
+    """A copy of `model` whose input dims are concrete: overrides first, else `default`.
+
+    `default=None` keeps unknown dims symbolic.
+    """
+    model = copy.deepcopy(model)
+    for inp in real_inputs(model):
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in overrides:
+            wanted = overrides[inp.name]
+            del dims[:]
+            for v in wanted:
+                dims.add().dim_value = int(v)
+            continue
+        if default is None:
+            continue
+        for d in dims:
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = default
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes of every tensor ONNX shape inference can determine (inputs, outputs, values).
+
+    Initializer shapes are included, so a caller can look up any tensor by name.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    shapes: dict[str, Shape] = {}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        shape = value_shape(info)
+        if shape is not None:
+            shapes[info.name] = shape
+    for init in inferred.graph.initializer:
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    return shapes
+
+
+def static_dims(shape: Shape | None) -> tuple[int, ...] | None:
+    """The shape as ints if every dim is known, else None."""
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor, or None for a variable."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    return graph.tensors()
+
+
+def subgraph_references(graph: gs.Graph) -> set[str]:
+    """Names of outer-scope tensors read inside If/Loop/Scan bodies.
+
+    graphsurgeon does not list those reads as consumers, so channel analysis must
+    treat such tensors as used by an op it cannot see.
+    """
+    names: set[str] = set()
+    for node in graph.nodes:
+        for attr in node.attrs.values():
+            bodies = attr if isinstance(attr, list) else [attr]
+            for body in bodies:
+                if isinstance(body, gs.Graph):
+                    for inner in body.nodes:
+                        names.update(t.name for t in inner.inputs if t.name)
+                    names.update(subgraph_references(body))
+    return names

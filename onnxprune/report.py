@@ -1,0 +1,132 @@
+"""The prune report: before/after costs, groups, plan, fidelity, timings, command.
+
+`build_report` collects the numbers (all computed from the models, none estimated);
+`format_table` renders the short before/after table printed on stdout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from onnxprune import __version__
+from onnxprune.depgraph import Group
+from onnxprune.metrics import count_params, op_counts, total_macs
+from onnxprune.plan import Plan
+
+
+def model_costs(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, Any]:
+    return {
+        "params": count_params(model),
+        "macs": total_macs(model, input_shapes),
+        "ops": op_counts(model),
+        "bytes": model.ByteSize(),
+    }
+
+
+def group_entries(groups: Sequence[Group], plan: Plan | None) -> list[dict[str, Any]]:
+    excluded = {e["group"]: e["pattern"] for e in (plan.excluded if plan else [])}
+    entries = []
+    for group in groups:
+        entry = group.summary()
+        gplan = plan.for_group(group.id) if plan else None
+        entry["channels_before"] = group.channels
+        entry["channels_after"] = len(gplan.keep) if gplan else group.channels
+        entry["kept"] = gplan.keep if gplan else None
+        if group.id in excluded:
+            entry["excluded_by"] = excluded[group.id]
+        entries.append(entry)
+    return entries
+
+
+def build_report(
+    *,
+    command: Sequence[str],
+    options: Mapping[str, Any],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    file_size_before: int,
+    groups: Sequence[Group],
+    plan: Plan | None,
+    fidelity: Mapping[str, Any] | None,
+    timings: Mapping[str, float],
+) -> dict[str, Any]:
+    blocked = [g for g in groups if not g.prunable]
+    return {
+        "tool": {"name": "onnxprune", "version": __version__},
+        "command": list(command),
+        "options": dict(options),
+        "params": {"before": before["params"], "after": after["params"]},
+        "flops": {"before": before["macs"], "after": after["macs"], "unit": "MACs, batch 1"},
+        "size_bytes": {"before": file_size_before, "after": after["bytes"]},
+        "ops": {"before": before["ops"], "after": after["ops"]},
+        "groups": group_entries(groups, plan),
+        "summary": {
+            "groups": len(groups),
+            "prunable": len(groups) - len(blocked),
+            "pruned": len([g for g in (plan.groups if plan else []) if g.removed]),
+            "blocked": len(blocked),
+        },
+        "blocked": [
+            {"group": g.id, "roots": g.roots, "node": g.blocked_node, "reason": g.blocked}
+            for g in blocked
+        ],
+        "plan": plan.to_json() if plan else None,
+        "fidelity": dict(fidelity) if fidelity else None,
+        "timings": dict(timings),
+    }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _change(before: float, after: float) -> str:
+    if before == 0:
+        return ""
+    return f"{(after - before) / before * 100:+.1f}%"
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The before/after table: ops, params, MACs, size, then fidelity and time."""
+    rows = [("", "before", "after", "change")]
+    ops_b, ops_a = report["ops"]["before"], report["ops"]["after"]
+    rows.append(("nodes", str(sum(ops_b.values())), str(sum(ops_a.values())), ""))
+    for key, label in (("params", "params"), ("flops", "MACs")):
+        b, a = report[key]["before"], report[key]["after"]
+        rows.append((label, _human(b), _human(a), _change(b, a)))
+    b, a = report["size_bytes"]["before"], report["size_bytes"]["after"]
+    rows.append(("file size", _human(b) + "B", _human(a) + "B", _change(b, a)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    s = report["summary"]
+    lines.append(
+        f"groups: {s['groups']} found, {s['pruned']} pruned, {s['blocked']} blocked"
+        + (" (see report 'blocked')" if s["blocked"] else "")
+    )
+    fid = report.get("fidelity")
+    if fid:
+        for out in fid["outputs"]:
+            top1 = (
+                f", top-1 agreement {out['top1_agreement']:.3f}"
+                if out["top1_agreement"] is not None
+                else ""
+            )
+            lines.append(
+                f"fidelity '{out['output']}' on {fid['samples']} {fid['inputs']} inputs: "
+                f"cosine {out['cosine_similarity']:.4f}, max |diff| {out['max_abs_diff']:.3g}{top1}"
+            )
+    lines.append(f"time: {sum(report['timings'].values()):.2f} s")
+    return "\n".join(lines)

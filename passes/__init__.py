@@ -1,0 +1,34 @@
+"""The pass registry: every pass by name (DESIGN §4). A pass never imports another pass."""
+
+from __future__ import annotations
+
+from onnxprune.passes.calibrate import CalibratePass
+from onnxprune.passes.emit import EmitPass
+from onnxprune.passes.groups import GroupsPass
+from onnxprune.passes.load import LoadPass
+from onnxprune.passes.mask import MaskPass
+from onnxprune.passes.normalize import NormalizePass
+from onnxprune.passes.plan import PlanPass
+from onnxprune.passes.report import ReportPass
+from onnxprune.passes.score import ScorePass
+from onnxprune.passes.surgery import SurgeryPass
+from onnxprune.passes.verify import VerifyPass
+
+PASSES = {
+    p.name: p
+    for p in (
+        LoadPass,
+        NormalizePass,
+        CalibratePass,
+        GroupsPass,
+        ScorePass,
+        PlanPass,
+        SurgeryPass,
+        MaskPass,
+        VerifyPass,
+        ReportPass,
+        EmitPass,
+    )
+}
+
+__all__ = ["PASSES"]

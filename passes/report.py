@@ -1,0 +1,31 @@
+"""report: measure the original and pruned models and assemble the report."""
+
+from __future__ import annotations
+
+from onnxprune.pipeline import Context, Param, Pass
+from onnxprune.report import build_report, model_costs
+
+
+class ReportPass(Pass):
+    name = "report"
+    description = "Params, MACs, ops and sizes before/after; groups, plan, fidelity, timings."
+    params = {
+        "command": Param(tuple, (), "the command line, recorded for replay"),
+        "options": Param(dict, {}, "the options, recorded for replay"),
+    }
+    requires = ("source", "original", "pruned", "groups")
+    provides = ("report",)
+
+    def run(self, ctx: Context) -> None:
+        file_size = ctx.model_path.stat().st_size if ctx.model_path else ctx.source.ByteSize()
+        ctx.report = build_report(
+            command=self.options["command"],
+            options=self.options["options"],
+            before=model_costs(ctx.original, ctx.input_shapes),
+            after=model_costs(ctx.pruned, ctx.input_shapes),
+            file_size_before=file_size,
+            groups=ctx.groups,
+            plan=ctx.plan,
+            fidelity=ctx.fidelity,
+            timings=ctx.timings,
+        )

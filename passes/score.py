@@ -1,0 +1,28 @@
+"""score: per-channel importance of each prunable group under a criterion."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxprune.criteria import CRITERIA, get_criterion, score_group
+from onnxprune.pipeline import Context, Param, Pass
+
+
+class ScorePass(Pass):
+    name = "score"
+    description = "Score every channel of every prunable group."
+    params = {
+        "criterion": Param(str, "l1", "importance criterion", tuple(sorted(CRITERIA))),
+    }
+    requires = ("graph", "groups")
+    provides = ("scores",)
+
+    def run(self, ctx: Context) -> None:
+        criterion = get_criterion(self.options["criterion"])
+        constants = {
+            name: np.asarray(t.values)
+            for name, t in ctx.graph.tensors().items()
+            if isinstance(t, gs.Constant)
+        }
+        ctx.scores = {g.id: score_group(g, constants, criterion) for g in ctx.groups if g.prunable}
