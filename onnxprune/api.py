@@ -37,6 +37,7 @@ class PruneOptions:
 class PruneResult:
     output: Path | None
     model: onnx.ModelProto
+    reference: onnx.ModelProto  # the normalized original (weights as initializers)
     report: dict[str, Any]
     groups: list[Group]
     plan: Plan
@@ -126,6 +127,7 @@ def prune(
     return PruneResult(
         output=ctx.output_path,
         model=ctx.pruned,
+        reference=ctx.original,
         report=ctx.report,
         groups=ctx.groups,
         plan=ctx.plan,

@@ -1,0 +1,114 @@
+"""Test helpers: running models, and the independent masking oracle.
+
+`masked_original` builds the third model of the oracle: the original graph with a
+Mul-by-mask node inserted in front of every layer that reads a pruned channel.
+It shares nothing with surgery (which slices) or --mask-only (which zeroes weights)
+except the plan's choice of channels.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from onnxprune.depgraph import Group
+from onnxprune.plan import Plan
+
+
+def run(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(feeds))
+
+
+def masked_original(
+    reference: onnx.ModelProto, groups: Sequence[Group], plan: Plan
+) -> onnx.ModelProto:
+    """`reference` with every pruned channel zeroed on the input of each layer that reads it."""
+    model = onnx.ModelProto()
+    model.CopyFrom(reference)
+    shapes = _ranks(model)
+    by_id = {g.id: g for g in groups}
+    # (consumer node, input tensor) -> (axis, removed positions)
+    masks: dict[tuple[str, str], tuple[int, set[int]]] = {}
+    for gplan in plan.groups:
+        group = by_id[gplan.group]
+        removed = np.asarray(gplan.removed, dtype=np.int64)
+        if removed.size == 0:
+            continue
+        tensors = {t.tensor: t for t in group.tensors}
+        for param in group.params:
+            if param.role != "in":
+                continue
+            node = next(n for n in model.graph.node if n.name == param.node)
+            data = node.input[0]
+            ta = tensors[data]
+            axis, positions = masks.get((node.name, data), (ta.axis, set()))
+            positions |= set(ta.positions[removed].reshape(-1).tolist())
+            masks[(node.name, data)] = (axis, positions)
+    sizes = _axis_sizes(model)
+    new_nodes = []
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            key = (node.name, name)
+            if key not in masks:
+                continue
+            axis, positions = masks[key]
+            rank = shapes[name]
+            size = sizes[name][axis]
+            vec = np.ones(size, dtype=np.float32)
+            vec[sorted(positions)] = 0
+            shape = [1] * rank
+            shape[axis] = size
+            mask_name = f"{name}__mask_for_{node.name}"
+            model.graph.initializer.append(numpy_helper.from_array(vec.reshape(shape), mask_name))
+            masked = f"{name}__masked_for_{node.name}"
+            new_nodes.append(helper.make_node("Mul", [name, mask_name], [masked]))
+            node.input[i] = masked
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return model
+
+
+def _inferred(model: onnx.ModelProto) -> dict[str, list]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    dims: dict[str, list] = {}
+    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        dims[v.name] = [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+    return dims
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    return {k: len(v) for k, v in _inferred(model).items()}
+
+
+def _axis_sizes(model: onnx.ModelProto) -> dict[str, list]:
+    return _inferred(model)
+
+
+def assert_outputs_close(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], rtol: float = 1e-4
+) -> None:
+    """Equal to float tolerance: |a-b| <= rtol * max|a| (+ tiny absolute slack)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.shape == y.shape
+        scale = max(float(np.max(np.abs(x))), 1e-6)
+        err = float(np.max(np.abs(x - y))) if x.size else 0.0
+        assert err <= rtol * scale + 1e-6, f"max |diff| {err} vs scale {scale}"
+
+
+def group_channels(groups: Sequence[Group]) -> dict[str, int]:
+    """Channels per prunable group, keyed by first root (for readable assertions)."""
+    out: dict[str, int] = defaultdict(int)
+    for g in groups:
+        if g.prunable:
+            out[g.roots[0]] = g.channels
+    return dict(out)

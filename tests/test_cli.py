@@ -1,0 +1,295 @@
+"""The CLI end to end: outputs, report, determinism, and every bad input of issue 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxprune.cli import main
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def workdir(tmp_path, models_dir, calib_path):
+    for name in ("resnet_digits.onnx", "vgg_digits.onnx"):
+        shutil.copy(models_dir / name, tmp_path / name)
+    shutil.copy(calib_path, tmp_path / "calib.npz")
+    return tmp_path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_default_output_and_report(workdir):
+    model = workdir / "resnet_digits.onnx"
+    digest = _sha(model)
+    result = invoke(
+        model, "--filters", "0.5", "--calib", workdir / "calib.npz", "--report", workdir / "r.json"
+    )
+    assert result.exit_code == 0, result.output
+    out = workdir / "resnet_digits.pruned.onnx"
+    assert out.exists()
+    assert _sha(model) == digest, "input must never be modified"
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    report = json.loads((workdir / "r.json").read_text())
+    for key in ("params", "flops", "size_bytes"):
+        assert report[key]["after"] < report[key]["before"]
+    assert report["size_bytes"]["after"] == out.stat().st_size
+    assert report["fidelity"]["outputs"][0]["top1_agreement"] is not None
+    assert set(report["timings"]) >= {"load", "groups", "surgery", "verify"}
+    assert report["plan"]["groups"] and report["command"][0] == "onnxprune"
+    assert "params" in result.output and "MACs" in result.output
+
+
+def test_deterministic_output(workdir):
+    a, b = workdir / "a.onnx", workdir / "b.onnx"
+    for out in (a, b):
+        result = invoke(workdir / "vgg_digits.onnx", "--filters", "0.3", "-o", out, "-q")
+        assert result.exit_code == 0, result.output
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_plan_replay_reproduces_model(workdir):
+    first, second = workdir / "a.onnx", workdir / "b.onnx"
+    assert (
+        invoke(
+            workdir / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--criterion",
+            "l2",
+            "-o",
+            first,
+            "--report",
+            workdir / "r.json",
+            "-q",
+        ).exit_code
+        == 0
+    )
+    result = invoke(workdir / "vgg_digits.onnx", "--plan", workdir / "r.json", "-o", second, "-q")
+    assert result.exit_code == 0, result.output
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_mask_only_keeps_shapes(workdir):
+    out = workdir / "m.onnx"
+    assert (
+        invoke(
+            workdir / "vgg_digits.onnx", "--filters", "0.5", "--mask-only", "-o", out, "-q"
+        ).exit_code
+        == 0
+    )
+    src = {
+        i.name: list(i.dims) for i in onnx.load(str(workdir / "vgg_digits.onnx")).graph.initializer
+    }
+    got = {i.name: list(i.dims) for i in onnx.load(str(out)).graph.initializer}
+    assert src == got
+    zeros = sum(
+        int((onnx.numpy_helper.to_array(i) == 0).sum())
+        for i in onnx.load(str(out)).graph.initializer
+    )
+    assert zeros > 1000
+
+
+def test_exclude_keeps_matching_groups(workdir):
+    out = workdir / "e.onnx"
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.5",
+        "--exclude",
+        "*features.0*",
+        "--exclude",
+        "nothing-matches-this",
+        "-o",
+        out,
+        "--report",
+        workdir / "r.json",
+    )
+    assert result.exit_code == 0, result.output
+    assert "nothing-matches-this" in result.output  # the warning
+    report = json.loads((workdir / "r.json").read_text())
+    excluded = [g for g in report["groups"] if g.get("excluded_by")]
+    assert excluded and all(g["channels_after"] == g["channels_before"] for g in excluded)
+
+
+def test_round_to(workdir):
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.3",
+        "--round-to",
+        "8",
+        "-o",
+        workdir / "o.onnx",
+        "--report",
+        workdir / "r.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((workdir / "r.json").read_text())
+    kept = [len(g["keep"]) for g in report["plan"]["groups"]]
+    assert kept and all(k % 8 == 0 for k in kept)
+
+
+def test_python_dash_m_and_version(workdir):
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0 and "onnxprune" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune", str(workdir / "missing.onnx"), "--filters", "0.5"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 3
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def _bad_calib(workdir: Path, **arrays) -> Path:
+    path = workdir / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+BAD_INPUTS = {
+    "missing file": (3, lambda w: [w / "nope.onnx", "--filters", "0.5"]),
+    "not onnx": (
+        3,
+        lambda w: [_write(w / "junk.onnx", b"\x00garbage\xff" * 10), "--filters", "0.5"],
+    ),
+    "ratio too big": (2, lambda w: [w / "vgg_digits.onnx", "--filters", "1.0"]),
+    "ratio negative": (2, lambda w: [w / "vgg_digits.onnx", "--filters", "-0.1"]),
+    "unknown criterion": (
+        2,
+        lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "--criterion", "magic"],
+    ),
+    "output is input": (
+        5,
+        lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "-o", w / "vgg_digits.onnx"],
+    ),
+    "unwritable dir": (
+        5,
+        lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "-o", w / "no" / "such" / "dir.onnx"],
+    ),
+    "calib missing input": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _bad_calib(w, other=np.zeros((4, 1, 8, 8), np.float32)),
+        ],
+    ),
+    "calib wrong shape": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _bad_calib(w, input=np.zeros((4, 1, 9, 8), np.float32)),
+        ],
+    ),
+    "calib wrong dtype": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _bad_calib(w, input=np.zeros((4, 1, 8, 8), np.float64)),
+        ],
+    ),
+    "calib NaN": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _bad_calib(w, input=np.full((4, 1, 8, 8), np.nan, np.float32)),
+        ],
+    ),
+    "calib empty": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _bad_calib(w, input=np.zeros((0, 1, 8, 8), np.float32)),
+        ],
+    ),
+    "calib not npz": (
+        4,
+        lambda w: [
+            w / "vgg_digits.onnx",
+            "--filters",
+            "0.5",
+            "--calib",
+            _write(w / "c.npz", b"not a zip"),
+        ],
+    ),
+    "bad input shape flag": (
+        2,
+        lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "--input-shape", "input:1,x"],
+    ),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_one_line_and_code(workdir, case):
+    code, make_args = BAD_INPUTS[case]
+    args = make_args(workdir)
+    before = {p.name: _sha(p) for p in workdir.iterdir() if p.is_file()}
+    result = invoke(*args)
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("onnxprune: error:")]
+    assert len(errors) == 1, result.output
+    after = {p.name: _sha(p) for p in workdir.iterdir() if p.is_file()}
+    assert after == before, "nothing may be written or changed on error"
+
+
+def test_model_failing_checker(workdir):
+    model = onnx.load(str(workdir / "vgg_digits.onnx"))
+    model.graph.node[0].input[0] = "does_not_exist"
+    bad = workdir / "bad.onnx"
+    bad.write_bytes(model.SerializeToString())
+    result = invoke(bad, "--filters", "0.5")
+    assert result.exit_code == 3
+    assert "onnx.checker" in result.output
+    assert not (workdir / "bad.pruned.onnx").exists()
+
+
+def test_random_inputs_warn(workdir):
+    result = invoke(workdir / "vgg_digits.onnx", "--filters", "0.5", "-o", workdir / "o.onnx")
+    assert result.exit_code == 0
+    assert "random" in result.output and "WARNING" in result.output
