@@ -30,6 +30,17 @@ class _DefaultToPrune(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _fail(exc: Exception, verbose: int) -> None:
+    """Print one line and exit with the documented code (tracebacks only for bugs, with -v)."""
+    if isinstance(exc, PruneError):
+        click.echo(f"onnxprune: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if verbose:
+        raise exc
+    click.echo("onnxprune: internal error (a bug); rerun with -v for the traceback", err=True)
+    sys.exit(1)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = (
         logging.ERROR
@@ -189,3 +200,30 @@ def prune_command(
 
         click.echo(format_table(result.report))
         click.echo(f"wrote {result.output}" + (f" and {report_path}" if report_path else ""))
+
+
+@main.command("analyze")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME:D0,D1,...",
+    help="Concrete shape for an input with dynamic dims (repeatable).",
+)
+@click.option("-v", "--verbose", count=True, help="More detail.")
+def analyze_command(
+    model: Path, as_json: bool, input_shapes: tuple[str, ...], verbose: int
+) -> None:
+    """Print every channel group of MODEL and why blocked ones are blocked; change nothing."""
+    import json
+
+    from onnxprune.analysis import analyze, format_analysis
+
+    _setup_logging(verbose, quiet=False)
+    try:
+        result = analyze(model, dict(parse_input_shape(s) for s in input_shapes))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, verbose)
+    click.echo(json.dumps(result, indent=2) if as_json else format_analysis(result))

@@ -12,27 +12,33 @@ from typing import Any
 import onnx
 
 from onnxprune import __version__
+from onnxprune.coverage import coverage, group_mac_share
 from onnxprune.depgraph import Group
-from onnxprune.metrics import count_params, op_counts, total_macs
+from onnxprune.metrics import count_params, node_macs, op_counts
 from onnxprune.plan import Plan
 
 
 def model_costs(
     model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
 ) -> dict[str, Any]:
+    per_node = node_macs(model, input_shapes)
     return {
         "params": count_params(model),
-        "macs": total_macs(model, input_shapes),
+        "macs": sum(per_node.values()),
+        "node_macs": per_node,
         "ops": op_counts(model),
         "bytes": model.ByteSize(),
     }
 
 
-def group_entries(groups: Sequence[Group], plan: Plan | None) -> list[dict[str, Any]]:
+def group_entries(
+    groups: Sequence[Group], plan: Plan | None, macs: Mapping[str, int]
+) -> list[dict[str, Any]]:
     excluded = {e["group"]: e["pattern"] for e in (plan.excluded if plan else [])}
     entries = []
     for group in groups:
         entry = group.summary()
+        entry["macs_share"] = round(group_mac_share(group, macs), 6)
         gplan = plan.for_group(group.id) if plan else None
         entry["channels_before"] = group.channels
         entry["channels_after"] = len(gplan.keep) if gplan else group.channels
@@ -64,7 +70,8 @@ def build_report(
         "flops": {"before": before["macs"], "after": after["macs"], "unit": "MACs, batch 1"},
         "size_bytes": {"before": file_size_before, "after": after["bytes"]},
         "ops": {"before": before["ops"], "after": after["ops"]},
-        "groups": group_entries(groups, plan),
+        "groups": group_entries(groups, plan, before["node_macs"]),
+        "coverage": coverage(groups, before["node_macs"]),
         "summary": {
             "groups": len(groups),
             "prunable": len(groups) - len(blocked),

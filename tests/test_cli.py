@@ -293,3 +293,35 @@ def test_random_inputs_warn(workdir):
     result = invoke(workdir / "vgg_digits.onnx", "--filters", "0.5", "-o", workdir / "o.onnx")
     assert result.exit_code == 0
     assert "random" in result.output and "WARNING" in result.output
+
+
+def test_analyze_lists_groups_and_changes_nothing(workdir):
+    model = workdir / "resnet_digits.onnx"
+    digest = _sha(model)
+    result = invoke("analyze", model, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert _sha(model) == digest and not (workdir / "resnet_digits.pruned.onnx").exists()
+    blocked = [g for g in data["groups"] if g["blocked"]]
+    assert [g["roots"] for g in blocked] == [["/fc/Gemm"]]
+    assert "graph output" in blocked[0]["blocked"]
+    # Every conv's output channels are in a prunable group; only the classifier is not.
+    cov = data["coverage"]
+    fc_macs = 64 * 10
+    assert cov["total_macs"] - cov["prunable_macs"] == fc_macs
+    text = invoke("analyze", model)
+    assert text.exit_code == 0 and "BLOCKED" in text.output and "reason:" in text.output
+
+
+def test_report_has_coverage(workdir):
+    assert (
+        invoke(
+            workdir / "vgg_digits.onnx", "--filters", "0.5", "-q", "--report", workdir / "r.json"
+        ).exit_code
+        == 0
+    )
+    cov = json.loads((workdir / "r.json").read_text())["coverage"]
+    assert 0.9 < cov["prunable_flops_fraction"] < 1.0
+    assert [b["reason"] for b in cov["blocked"]] == [
+        "reaches graph output 'logits' (outputs keep their shape)"
+    ]
