@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 
 from onnxprune.depgraph import Group
+from onnxprune.errors import UsageError
 from onnxprune.modelio import check_output_path
 from onnxprune.pipeline import Context, Pass, run_pipeline
 from onnxprune.plan import Plan
@@ -31,6 +32,8 @@ class PruneOptions:
     mask_only: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     plan: str | None = None  # replay the kept channels of an earlier report/plan
+    reconstruct: bool | None = None  # None: on when calibration data is given
+    damping: float = 1e-3
 
 
 @dataclass
@@ -81,6 +84,15 @@ def build_passes(
             replay=options.plan,
         ),
         PASSES["mask" if options.mask_only else "surgery"](),
+    ]
+    reconstruct = options.reconstruct
+    if reconstruct is None:
+        reconstruct = options.calib is not None and not options.mask_only
+    if reconstruct and options.mask_only:
+        raise UsageError("--reconstruct changes weights; it cannot be combined with --mask-only")
+    if reconstruct:
+        passes.append(PASSES["reconstruct"](damping=options.damping))
+    passes += [
         PASSES["verify"](),
         PASSES["report"](command=tuple(command), options=recorded),
     ]

@@ -139,6 +139,19 @@ def main() -> None:
     type=click.Path(path_type=Path),
     help="Replay the kept channels of an earlier --report (or plan) JSON.",
 )
+@click.option(
+    "--reconstruct/--no-reconstruct",
+    default=None,
+    help="Re-fit layers that lost inputs by least squares on the calibration data "
+    "[default: on with --calib].",
+)
+@click.option(
+    "--damping",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="Ridge damping of the re-fit, relative to mean diag(XᵀX).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
@@ -156,6 +169,8 @@ def prune_command(
     mask_only: bool,
     input_shapes: tuple[str, ...],
     plan_path: Path | None,
+    reconstruct: bool | None,
+    damping: float,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -179,6 +194,8 @@ def prune_command(
             mask_only=mask_only,
             input_shapes=shapes,
             plan=str(plan_path) if plan_path else None,
+            reconstruct=reconstruct,
+            damping=damping,
         )
         result = prune(
             model,

@@ -16,10 +16,16 @@ import onnxruntime as ort
 from onnxprune.errors import VerificationError
 
 
-def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session for an in-memory model; load failures become VerificationError."""
+def session(model: onnx.ModelProto, threads: int = 0, probe: bool = False) -> ort.InferenceSession:
+    """A CPU session for an in-memory model; load failures become VerificationError.
+
+    probe=True is for models that fetch intermediate tensors: onnxruntime's extended
+    fusions (e.g. Conv+Add) can drop a fetched tensor, so only basic ones run.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if probe:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -53,6 +53,7 @@ class Context:
     plan: Plan | None = None
     pruned: onnx.ModelProto | None = None
     fidelity: dict[str, Any] | None = None
+    reconstruction: list[dict[str, Any]] | None = None
     output_path: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)

@@ -60,6 +60,7 @@ def build_report(
     plan: Plan | None,
     fidelity: Mapping[str, Any] | None,
     timings: Mapping[str, float],
+    reconstruction: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     blocked = [g for g in groups if not g.prunable]
     return {
@@ -84,6 +85,7 @@ def build_report(
         ],
         "plan": plan.to_json() if plan else None,
         "fidelity": dict(fidelity) if fidelity else None,
+        "reconstruction": list(reconstruction) if reconstruction else None,
         "timings": dict(timings),
     }
 

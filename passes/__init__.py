@@ -9,6 +9,7 @@ from onnxprune.passes.load import LoadPass
 from onnxprune.passes.mask import MaskPass
 from onnxprune.passes.normalize import NormalizePass
 from onnxprune.passes.plan import PlanPass
+from onnxprune.passes.reconstruct import ReconstructPass
 from onnxprune.passes.report import ReportPass
 from onnxprune.passes.score import ScorePass
 from onnxprune.passes.surgery import SurgeryPass
@@ -25,6 +26,7 @@ PASSES = {
         PlanPass,
         SurgeryPass,
         MaskPass,
+        ReconstructPass,
         VerifyPass,
         ReportPass,
         EmitPass,

@@ -28,4 +28,5 @@ class ReportPass(Pass):
             plan=ctx.plan,
             fidelity=ctx.fidelity,
             timings=ctx.timings,
+            reconstruction=ctx.reconstruction,
         )
