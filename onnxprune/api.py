@@ -74,6 +74,10 @@ def build_passes(
         PASSES["groups"](),
     ]
     if options.plan is None:
+        from onnxprune.criteria import get_criterion
+
+        if get_criterion(options.criterion).needs_stats:
+            passes.append(PASSES["stats"]())
         passes.append(PASSES["score"](criterion=options.criterion))
     passes += [
         PASSES["plan"](

@@ -49,6 +49,7 @@ class Context:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     calibration: Calibration | None = None
     groups: list[Group] | None = None
+    stats: dict[int, Any] | None = None  # group id -> onnxprune.stats.ChannelStats
     scores: dict[int, np.ndarray] | None = None
     plan: Plan | None = None
     pruned: onnx.ModelProto | None = None

@@ -12,6 +12,7 @@ from onnxprune.passes.plan import PlanPass
 from onnxprune.passes.reconstruct import ReconstructPass
 from onnxprune.passes.report import ReportPass
 from onnxprune.passes.score import ScorePass
+from onnxprune.passes.stats import StatsPass
 from onnxprune.passes.surgery import SurgeryPass
 from onnxprune.passes.verify import VerifyPass
 
@@ -22,6 +23,7 @@ PASSES = {
         NormalizePass,
         CalibratePass,
         GroupsPass,
+        StatsPass,
         ScorePass,
         PlanPass,
         SurgeryPass,

@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.criteria import CRITERIA, get_criterion, score_group
+from onnxprune.errors import UsageError
 from onnxprune.pipeline import Context, Param, Pass
 
 
@@ -20,9 +21,16 @@ class ScorePass(Pass):
 
     def run(self, ctx: Context) -> None:
         criterion = get_criterion(self.options["criterion"])
+        if criterion.needs_stats and ctx.stats is None:
+            raise UsageError(f"criterion '{criterion.name}' needs the stats pass before score")
         constants = {
             name: np.asarray(t.values)
             for name, t in ctx.graph.tensors().items()
             if isinstance(t, gs.Constant)
         }
-        ctx.scores = {g.id: score_group(g, constants, criterion) for g in ctx.groups if g.prunable}
+        stats = ctx.stats or {}
+        ctx.scores = {
+            g.id: score_group(g, constants, criterion, stats.get(g.id))
+            for g in ctx.groups
+            if g.prunable
+        }
