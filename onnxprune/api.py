@@ -22,7 +22,7 @@ class PruneOptions:
     """Every option of a prune run; the CLI flags map one to one onto these fields."""
 
     filters: float = 0.0
-    criterion: str = "l1"
+    criterion: str | None = None  # None: "energy" with calibration data, else "l1"
     calib: str | None = None
     calib_samples: int = 64
     batch_size: int = 32
@@ -34,6 +34,16 @@ class PruneOptions:
     plan: str | None = None  # replay the kept channels of an earlier report/plan
     reconstruct: bool | None = None  # None: on when calibration data is given
     damping: float = 1e-3
+    uniform: bool = False  # same ratio everywhere instead of sensitivity allocation
+    max_ratio: float = 0.9
+    protect: bool | None = None  # keep layers fed by a model input whole; None: with calib
+    target_macs: float | None = None  # fraction of MACs to keep, instead of --filters
+    layer_ratio: tuple[str, ...] = ()  # "GLOB=R" overrides
+
+    def resolved_criterion(self) -> str:
+        if self.criterion:
+            return self.criterion
+        return "energy" if self.calib else "l1"
 
 
 @dataclass
@@ -73,16 +83,31 @@ def build_passes(
         ),
         PASSES["groups"](),
     ]
+    criterion = options.resolved_criterion()
+    if options.target_macs is not None and options.filters:
+        raise UsageError("give either --filters or --target-macs, not both")
     if options.plan is None:
         from onnxprune.criteria import get_criterion
+        from onnxprune.passes.allocate import parse_layer_ratio
 
-        if get_criterion(options.criterion).needs_stats:
+        if get_criterion(criterion).needs_stats:
             passes.append(PASSES["stats"]())
-        passes.append(PASSES["score"](criterion=options.criterion))
+        passes.append(PASSES["score"](criterion=criterion))
+        passes.append(
+            PASSES["allocate"](
+                filters=options.filters,
+                target_macs=options.target_macs,
+                uniform=options.uniform,
+                max_ratio=options.max_ratio,
+                protect=options.protect if options.protect is not None else bool(options.calib),
+                layer_ratio=tuple(parse_layer_ratio(t) for t in options.layer_ratio),
+                exclude=tuple(options.exclude),
+            )
+        )
     passes += [
         PASSES["plan"](
             ratio=options.filters,
-            criterion=options.criterion,
+            criterion=criterion,
             round_to=options.round_to,
             exclude=tuple(options.exclude),
             replay=options.plan,

@@ -152,6 +152,36 @@ def main() -> None:
     show_default=True,
     help="Ridge damping of the re-fit, relative to mean diag(XᵀX).",
 )
+@click.option(
+    "--uniform",
+    is_flag=True,
+    help="Same ratio for every group instead of sensitivity-based allocation.",
+)
+@click.option(
+    "--max-ratio",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Largest fraction removed from any one group.",
+)
+@click.option(
+    "--protect/--no-protect",
+    default=None,
+    help="Keep the groups of layers fed by a model input (the first conv) whole "
+    "[default: on with --calib].",
+)
+@click.option(
+    "--target-macs",
+    type=float,
+    default=None,
+    help="Fraction of MACs to keep, instead of --filters.",
+)
+@click.option(
+    "--layer-ratio",
+    multiple=True,
+    metavar="GLOB=R",
+    help="Fixed ratio R for groups with a node matching GLOB (repeatable).",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
@@ -161,7 +191,7 @@ def prune_command(
     calib: Path | None,
     calib_samples: int,
     batch_size: int,
-    criterion: str,
+    criterion: str | None,
     report_path: Path | None,
     exclude: tuple[str, ...],
     round_to: int,
@@ -171,13 +201,18 @@ def prune_command(
     plan_path: Path | None,
     reconstruct: bool | None,
     damping: float,
+    uniform: bool,
+    max_ratio: float,
+    protect: bool | None,
+    target_macs: float | None,
+    layer_ratio: tuple[str, ...],
     verbose: int,
     quiet: bool,
 ) -> None:
     """Remove a fraction of the filters of MODEL and write the pruned model."""
     _setup_logging(verbose, quiet)
     try:
-        if criterion not in CRITERIA:
+        if criterion is not None and criterion not in CRITERIA:
             from onnxprune.criteria import get_criterion
 
             get_criterion(criterion)  # raises with the list of valid names

@@ -51,6 +51,8 @@ class Context:
     groups: list[Group] | None = None
     stats: dict[int, Any] | None = None  # group id -> onnxprune.stats.ChannelStats
     scores: dict[int, np.ndarray] | None = None
+    ratios: dict[int, float] | None = None  # per-group ratios from the allocate pass
+    allocation: dict[str, Any] | None = None
     plan: Plan | None = None
     pruned: onnx.ModelProto | None = None
     fidelity: dict[str, Any] | None = None

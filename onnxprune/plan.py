@@ -75,8 +75,13 @@ def make_plan(
     criterion: str,
     round_to: int = 1,
     exclude: Sequence[str] = (),
+    ratios: Mapping[int, float] | None = None,
 ) -> Plan:
-    """Uniform plan: every prunable, non-excluded group keeps its highest-scoring channels."""
+    """Every prunable, non-excluded group keeps its highest-scoring channels.
+
+    `ratios` gives each group its own ratio (groups missing from it are kept whole);
+    without it every group gets `ratio`.
+    """
     plan = Plan(ratio=ratio, criterion=criterion, round_to=round_to)
     for group in groups:
         if not group.prunable:
@@ -85,7 +90,8 @@ def make_plan(
         if pattern is not None:
             plan.excluded.append({"group": group.id, "roots": group.roots, "pattern": pattern})
             continue
-        keep_n = kept_count(group.channels, ratio, round_to)
+        group_ratio = ratio if ratios is None else ratios.get(group.id, 0.0)
+        keep_n = kept_count(group.channels, group_ratio, round_to)
         order = np.argsort(-scores[group.id], kind="stable")  # ties: lower index first
         keep = sorted(int(i) for i in order[:keep_n])
         plan.groups.append(GroupPlan(group.id, list(group.roots), group.channels, keep))

@@ -61,6 +61,7 @@ def build_report(
     fidelity: Mapping[str, Any] | None,
     timings: Mapping[str, float],
     reconstruction: Sequence[Mapping[str, Any]] | None = None,
+    allocation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     blocked = [g for g in groups if not g.prunable]
     return {
@@ -85,6 +86,7 @@ def build_report(
         ],
         "plan": plan.to_json() if plan else None,
         "fidelity": dict(fidelity) if fidelity else None,
+        "allocation": dict(allocation) if allocation else None,
         "reconstruction": list(reconstruction) if reconstruction else None,
         "timings": dict(timings),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onnxprune.passes.allocate import AllocatePass
 from onnxprune.passes.calibrate import CalibratePass
 from onnxprune.passes.emit import EmitPass
 from onnxprune.passes.groups import GroupsPass
@@ -25,6 +26,7 @@ PASSES = {
         GroupsPass,
         StatsPass,
         ScorePass,
+        AllocatePass,
         PlanPass,
         SurgeryPass,
         MaskPass,

@@ -42,7 +42,13 @@ class PlanPass(Pass):
         if ctx.scores is None:
             raise UsageError("no scores: the plan needs the score pass or --plan")
         ctx.plan = make_plan(
-            ctx.groups, ctx.scores, ratio, self.options["criterion"], round_to, exclude
+            ctx.groups,
+            ctx.scores,
+            ratio,
+            self.options["criterion"],
+            round_to,
+            exclude,
+            ratios=ctx.ratios,
         )
 
     @staticmethod

@@ -29,4 +29,5 @@ class ReportPass(Pass):
             fidelity=ctx.fidelity,
             timings=ctx.timings,
             reconstruction=ctx.reconstruction,
+            allocation=ctx.allocation,
         )

@@ -46,3 +46,7 @@ def test_regular_wheel_contains_passes(tmp_path):
     assert "onnxprune/passes/surgery.py" in names
     assert "onnxprune/cli.py" in names
     assert not any(n.startswith("passes/") for n in names)
+    # Every subpackage in the source tree must be listed in pyproject.toml.
+    for init in (ROOT / "onnxprune").rglob("__init__.py"):
+        rel = init.relative_to(ROOT).as_posix()
+        assert rel in names, f"{rel} missing from the wheel: add it to [tool.setuptools]"

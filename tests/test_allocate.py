@@ -1,0 +1,95 @@
+"""Allocation: greedy ratios meet their target; MAC model equals measured MACs."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxprune import prune
+from onnxprune.allocate import MacModel, allocate
+from onnxprune.depgraph import Group
+from onnxprune.metrics import node_macs
+from onnxprune.sensitivity import Curve
+
+
+def _groups(*channels: int) -> list[Group]:
+    return [Group(id=i, channels=c, roots=[f"n{i}"]) for i, c in enumerate(channels)]
+
+
+def test_greedy_prefers_the_insensitive_group():
+    groups = _groups(10, 10)
+    grid = [0.0, 0.2, 0.4, 0.6, 0.8]
+    curves = {
+        0: Curve(0, grid, [0.0, 0.01, 0.02, 0.03, 0.04]),  # cheap to prune
+        1: Curve(1, grid, [0.0, 0.5, 0.8, 0.9, 1.0]),  # expensive
+    }
+    ratios = allocate(groups, curves, filters=0.4)
+    assert ratios == {0: 0.8, 1: 0.0}  # 8 of 20 channels, all from the cheap group
+
+
+def test_target_met_and_fixed_ratios_kept():
+    groups = _groups(16, 16, 16)
+    grid = [i / 10 for i in range(10)]
+    curves = {i: Curve(i, grid, [r * (i + 1) for r in grid]) for i in (0, 1)}
+    ratios = allocate(groups, curves, filters=0.5, fixed={2: 0.25})
+    assert ratios[2] == 0.25
+    removed = sum(16 - (16 - int(16 * r + 1e-9)) for r in ratios.values())
+    assert removed >= 0.5 * 48
+
+
+def test_unreachable_target_stops_at_max():
+    groups = _groups(10)
+    curves = {0: Curve(0, [0.0, 0.5], [0.0, 0.1])}
+    assert allocate(groups, curves, filters=0.9) == {0: 0.5}
+
+
+def test_mac_model_matches_measured_macs(models_dir, calib_path):
+    result = prune(
+        models_dir / "resnet_digits.onnx",
+        filters=0.5,
+        calib=str(calib_path),
+        reconstruct=False,
+        write=False,
+    )
+    model = MacModel.build(result.groups, node_macs(result.reference))
+    keep = {g.group: len(g.keep) / g.channels for g in result.plan.groups}
+    assert model.macs(keep) == pytest.approx(result.report["flops"]["after"], rel=1e-9)
+    assert model.dense == result.report["flops"]["before"]
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_target_macs_is_reached(models_dir, calib_path, uniform):
+    result = prune(
+        models_dir / "vgg_digits.onnx",
+        target_macs=0.4,
+        calib=str(calib_path),
+        uniform=uniform,
+        write=False,
+    )
+    flops = result.report["flops"]
+    assert flops["after"] <= 0.4 * flops["before"] * 1.02
+    assert flops["after"] >= 0.25 * flops["before"]  # and not wildly beyond it
+
+
+def test_first_layer_protected_and_layer_ratio(models_dir, calib_path):
+    result = prune(
+        models_dir / "vgg_digits.onnx",
+        filters=0.5,
+        calib=str(calib_path),
+        layer_ratio=("*features.7*=0.25",),
+        write=False,
+    )
+    alloc = result.report["allocation"]
+    first = next(g for g in result.groups if "/features/features.0/Conv" in g.roots)
+    assert alloc["protected"] == [first.id]
+    assert result.plan.for_group(first.id).keep == list(range(first.channels))
+    fixed = next(g for g in result.groups if "/features/features.7/Conv" in g.roots)
+    assert len(result.plan.for_group(fixed.id).keep) == fixed.channels - fixed.channels // 4
+    unprotected = prune(
+        models_dir / "vgg_digits.onnx",
+        filters=0.5,
+        calib=str(calib_path),
+        protect=False,
+        uniform=True,
+        write=False,
+    )
+    assert len(unprotected.plan.for_group(first.id).keep) == first.channels // 2
