@@ -1,8 +1,9 @@
 """Per-group pruning ratios from measured sensitivity, meeting a global target.
 
 Greedy marginal allocation: starting from nothing removed, repeatedly take the step
-(one grid notch of one group) with the smallest increase of re-fit error per
-channel removed — or per MAC saved, for a MAC target — until the target is met.
+(one grid notch of one group) with the smallest increase of re-fit error per unit
+of the target — per channel removed for a filter target, per MAC saved for a MAC
+target — until the target is met.
 MACs are computed exactly from the ratios: a layer keeps (kept outputs / outputs) ×
 (kept inputs / inputs) of its MACs.
 """
@@ -95,11 +96,12 @@ def allocate(
             if i + 1 >= len(curve.ratios):
                 continue
             trial = {**current, gid: curve.ratios[i + 1]}
-            gain = (
-                (macs(current) - macs(trial))
-                if keep_macs is not None
-                else (removed(trial) - removed(current))
-            )
+            # Error per unit of the target: MACs saved for a MAC budget, channels
+            # removed for a filter budget (the least damage for what was asked).
+            if keep_macs is not None:
+                gain = macs(current) - macs(trial)
+            else:
+                gain = removed(trial) - removed(current)
             if gain <= 0:
                 continue
             cost = max(curve.errors[i + 1] - curve.errors[i], 0.0) / gain
