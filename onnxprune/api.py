@@ -23,7 +23,8 @@ class PruneOptions:
 
     filters: float = 0.0
     criterion: str | None = None  # None: "energy" with calibration data, else "l1"
-    calib: str | None = None
+    calib: str | None = None  # .npz, folder of .npy, or script.py[:function]
+    labels: str | None = None  # .npy of integer labels aligned with the calibration samples
     calib_samples: int = 64
     batch_size: int = 32
     exclude: tuple[str, ...] = ()
@@ -77,6 +78,7 @@ def build_passes(
         PASSES["normalize"](),
         PASSES["calibrate"](
             calib=options.calib,
+            labels=options.labels,
             samples=options.calib_samples,
             batch_size=options.batch_size,
             seed=options.seed,

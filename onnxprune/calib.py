@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,17 +64,219 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 
 
 class Calibration:
-    """Validated calibration arrays served in batches along axis 0."""
+    """Validated calibration batches, re-iterable: every pass re-opens the source.
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, source: str) -> None:
-        self.arrays = dict(arrays)
+    `open_source()` returns an iterator of {input: array} chunks of any size; they
+    are validated and re-cut into `batch_size` samples, and at most `limit` samples
+    are served. Only one batch is held at a time, so memory does not grow with the
+    number of samples (arrays from .npy files are memory-mapped).
+    """
+
+    def __init__(
+        self,
+        open_source: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+        specs: list[InputSpec],
+        batch_size: int,
+        source: str,
+        limit: int | None = None,
+        labels: np.ndarray | None = None,
+    ) -> None:
+        self.open_source = open_source
+        self.specs = specs
         self.batch_size = batch_size
         self.source = source
-        self.samples = int(next(iter(self.arrays.values())).shape[0])
+        self.limit = limit
+        self.labels = labels
+        self._samples: int | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, np.ndarray],
+        batch_size: int,
+        source: str,
+        specs: list[InputSpec] | None = None,
+        labels: np.ndarray | None = None,
+    ) -> Calibration:
+        specs = specs or [InputSpec(k, v.dtype, (None, *v.shape[1:])) for k, v in arrays.items()]
+        cal = cls(lambda: [arrays], specs, batch_size, source, labels=labels)
+        cal._samples = int(next(iter(arrays.values())).shape[0])
+        return cal
+
+    @property
+    def samples(self) -> int:
+        """Samples served per pass (counted on a first pass if the source cannot say)."""
+        if self._samples is None:
+            self._samples = sum(next(iter(b.values())).shape[0] for b in self.batches())
+        return self._samples
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, self.samples, self.batch_size):
-            yield {k: v[start : start + self.batch_size] for k, v in self.arrays.items()}
+        served = 0
+        pending: list[dict[str, np.ndarray]] = []
+        pending_n = 0
+        for chunk in self.open_source():
+            chunk = {s.name: _as_array(chunk, s.name) for s in self.specs}
+            pending.append(chunk)
+            pending_n += next(iter(chunk.values())).shape[0]
+            while pending_n >= self.batch_size:
+                batch, pending, pending_n = _take(pending, self.batch_size)
+                validate(batch, self.specs)
+                batch, stop = self._clip(batch, served)
+                if batch:
+                    served += next(iter(batch.values())).shape[0]
+                    yield batch
+                if stop:
+                    return
+        if pending_n:
+            batch, _, _ = _take(pending, pending_n)
+            validate(batch, self.specs)
+            batch, _ = self._clip(batch, served)
+            if batch:
+                served += next(iter(batch.values())).shape[0]
+                yield batch
+        if served == 0:
+            raise CalibrationError(f"calibration source {self.source} gave no samples")
+
+    def _clip(self, batch: dict[str, np.ndarray], served: int) -> tuple[dict, bool]:
+        if self.limit is None:
+            return batch, False
+        room = self.limit - served
+        n = next(iter(batch.values())).shape[0]
+        if n >= room:
+            return ({k: v[:room] for k, v in batch.items()} if room > 0 else {}), True
+        return batch, False
+
+    def label_batches(self) -> Iterator[np.ndarray | None]:
+        """Labels aligned with batches() (None per batch without --labels)."""
+        start = 0
+        for batch in self.batches():
+            n = next(iter(batch.values())).shape[0]
+            yield None if self.labels is None else self.labels[start : start + n]
+            start += n
+
+
+def _as_array(chunk: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    if name not in chunk:
+        raise CalibrationError(
+            f"calibration batch has no array for input '{name}'; it has {sorted(chunk)}"
+        )
+    return np.asarray(chunk[name])
+
+
+def _take(
+    pending: list[dict[str, np.ndarray]], n: int
+) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]], int]:
+    """Cut the first n samples off a queue of chunks."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in pending[0]}
+    need, rest = n, []
+    for i, chunk in enumerate(pending):
+        size = next(iter(chunk.values())).shape[0]
+        if need >= size:
+            for k, v in chunk.items():
+                parts[k].append(v)
+            need -= size
+        else:
+            if need:
+                for k, v in chunk.items():
+                    parts[k].append(v[:need])
+            rest = [{k: v[need:] for k, v in chunk.items()}] + pending[i + 1 :]
+            need = 0
+            break
+        if need == 0:
+            rest = pending[i + 1 :]
+            break
+    batch = {
+        k: np.concatenate(v) if len(v) > 1 else np.ascontiguousarray(v[0]) for k, v in parts.items()
+    }
+    left = sum(next(iter(c.values())).shape[0] for c in rest)
+    return batch, rest, left
+
+
+def open_calibration(
+    spec: str,
+    specs: list[InputSpec],
+    batch_size: int,
+    limit: int | None,
+    labels_path: str | None = None,
+) -> Calibration:
+    """A Calibration from --calib: FILE.npz, a folder of .npy, or SCRIPT.py[:function]."""
+    labels = _load_labels(labels_path) if labels_path else None
+    script, sep, func = spec.rpartition(":")
+    if sep and script.endswith(".py"):
+        return Calibration(_script_source(script, func), specs, batch_size, spec, limit, labels)
+    path = Path(spec)
+    if path.suffix == ".py":
+        return Calibration(
+            _script_source(spec, "load_data"), specs, batch_size, spec, limit, labels
+        )
+    arrays = _load_folder(path, specs) if path.is_dir() else load_npz(path, specs, None)
+    cal = Calibration(lambda: [arrays], specs, batch_size, spec, limit, labels)
+    total = int(next(iter(arrays.values())).shape[0])
+    cal._samples = min(total, limit) if limit else total
+    if labels is not None and labels.shape[0] < cal._samples:
+        raise CalibrationError(
+            f"--labels has {labels.shape[0]} entries for {cal._samples} calibration samples"
+        )
+    return cal
+
+
+def _load_labels(path: str) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"cannot read --labels {path}: {exc}") from exc
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise CalibrationError(f"--labels {path} must be a 1-D integer array of class indices")
+    return labels
+
+
+def _load_folder(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """DIR/<input>.npy (memory-mapped), or DIR/<input>/*.npy with one sample per file."""
+    arrays = {}
+    for spec in specs:
+        single = path / f"{spec.name}.npy"
+        sub = path / spec.name
+        if single.is_file():
+            arrays[spec.name] = np.load(single, mmap_mode="r", allow_pickle=False)
+        elif sub.is_dir():
+            files = sorted(sub.glob("*.npy"))
+            if not files:
+                raise CalibrationError(f"calibration folder {sub} has no .npy files")
+            arrays[spec.name] = np.stack([np.load(f, allow_pickle=False) for f in files])
+        else:
+            raise CalibrationError(
+                f"calibration folder {path} has neither {single.name} nor {sub.name}/ "
+                f"for input '{spec.name}'"
+            )
+    return arrays
+
+
+def _script_source(script: str, func: str) -> Callable[[], Iterable[Mapping[str, np.ndarray]]]:
+    """The generator function `func` of a user's Python file, called once per pass."""
+    import importlib.util
+
+    path = Path(script)
+    if not path.is_file():
+        raise CalibrationError(f"calibration script not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"onnxprune_calib_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: report it in one line
+        raise CalibrationError(f"calibration script {path} failed to import: {exc}") from exc
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise CalibrationError(f"calibration script {path} has no function {func}()")
+
+    def open_source() -> Iterable[Mapping[str, np.ndarray]]:
+        try:
+            yield from fn()
+        except CalibrationError:
+            raise
+        except Exception as exc:
+            raise CalibrationError(f"calibration script {path}:{func}() failed: {exc}") from exc
+
+    return open_source
 
 
 def load_npz(path: str | Path, specs: list[InputSpec], limit: int | None) -> dict[str, np.ndarray]:

@@ -1,10 +1,10 @@
-"""calibrate: the inputs used to verify (and later to score and repair) the model."""
+"""calibrate: the inputs used to verify, score and repair the model."""
 
 from __future__ import annotations
 
 import logging
 
-from onnxprune.calib import Calibration, input_specs, load_npz, random_inputs
+from onnxprune.calib import Calibration, input_specs, open_calibration, random_inputs
 from onnxprune.errors import UsageError
 from onnxprune.pipeline import Context, Param, Pass
 
@@ -13,9 +13,13 @@ log = logging.getLogger("onnxprune")
 
 class CalibratePass(Pass):
     name = "calibrate"
-    description = "Load calibration inputs from a .npz, or make seeded random ones."
+    description = (
+        "Calibration inputs from a .npz, a folder of .npy, a Python load_data() script, "
+        "or seeded random data."
+    )
     params = {
-        "calib": Param(str, None, ".npz keyed by input name (first axis = samples)"),
+        "calib": Param(str, None, ".npz / folder / script.py[:function] (first axis = samples)"),
+        "labels": Param(str, None, ".npy of integer labels aligned with the samples"),
         "samples": Param(int, 64, "number of calibration samples to use"),
         "batch_size": Param(int, 32, "samples per onnxruntime run"),
         "seed": Param(int, 0, "seed for random inputs"),
@@ -30,23 +34,23 @@ class CalibratePass(Pass):
         if batch < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch}")
         specs = input_specs(ctx.source, ctx.input_shapes)
-        path = self.options["calib"]
-        if path:
-            arrays = load_npz(path, specs, samples)
-            source = str(path)
-        else:
-            log.warning(
-                "no --calib given: using %d random inputs; fidelity numbers then say little "
-                "about accuracy on real data",
-                samples,
-            )
-            arrays = random_inputs(specs, samples, self.options["seed"])
-            source = f"random(seed={self.options['seed']})"
-        fixed_batch = {s.shape[0] for s in specs if isinstance(s.shape[0], int)}
+        fixed_batch = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
         if fixed_batch:
             batch = fixed_batch.pop()  # the model takes exactly this many samples per run
-            count = next(iter(arrays.values())).shape[0] // batch * batch
-            if count == 0:
-                raise UsageError(f"the model's batch size is fixed at {batch}: give more samples")
-            arrays = {k: v[:count] for k, v in arrays.items()}
-        ctx.calibration = Calibration(arrays, batch, source)
+            samples = max(batch, samples // batch * batch)
+        if self.options["calib"]:
+            ctx.calibration = open_calibration(
+                self.options["calib"], specs, batch, samples, self.options["labels"]
+            )
+            return
+        if self.options["labels"]:
+            raise UsageError("--labels needs --calib: labels must match real inputs")
+        log.warning(
+            "no --calib given: using %d random inputs; fidelity numbers then say little "
+            "about accuracy on real data",
+            samples,
+        )
+        seed = self.options["seed"]
+        ctx.calibration = Calibration.from_arrays(
+            random_inputs(specs, samples, seed), batch, f"random(seed={seed})", specs
+        )

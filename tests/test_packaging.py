@@ -30,7 +30,6 @@ def test_regular_wheel_contains_passes(tmp_path):
             "pip",
             "wheel",
             "--no-deps",
-            "--no-build-isolation",
             "-q",
             "-w",
             str(tmp_path),
