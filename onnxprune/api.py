@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from onnxprune.depgraph import Group
-from onnxprune.errors import UsageError
+from onnxprune.errors import FidelityError, UsageError
 from onnxprune.modelio import check_output_path
 from onnxprune.pipeline import Context, Pass, run_pipeline
 from onnxprune.plan import Plan
+
+log = logging.getLogger("onnxprune")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class PruneOptions:
     protect: bool | None = None  # keep layers fed by a model input whole; None: with calib
     target_macs: float | None = None  # fraction of MACs to keep, instead of --filters
     layer_ratio: tuple[str, ...] = ()  # "GLOB=R" overrides
+    max_drop: float | None = None  # fidelity guard: largest allowed top-1 (agreement) drop
 
     def resolved_criterion(self) -> str:
         if self.criterion:
@@ -162,10 +166,11 @@ def prune(
             check_output_path(target, [model_path])
     else:
         output = None
+    command = list(command if command is not None else sys.argv)
+    if options.max_drop is not None:
+        options = _within_drop(model_path, options)
     ctx = Context(input_shapes=dict(options.input_shapes))
-    passes = build_passes(
-        model_path, output, options, report_path, command if command is not None else sys.argv
-    )
+    passes = build_passes(model_path, output, options, report_path, command)
     run_pipeline(passes, ctx)
     return PruneResult(
         output=ctx.output_path,
@@ -175,3 +180,63 @@ def prune(
         groups=ctx.groups,
         plan=ctx.plan,
     )
+
+
+def fidelity_drop(report: dict[str, Any]) -> float:
+    """Top-1 accuracy drop vs labels if known, else 1 − top-1 agreement with the original."""
+    outputs = (report.get("fidelity") or {}).get("outputs") or []
+    for out in outputs:
+        if out.get("accuracy_before") is not None:
+            return out["accuracy_before"] - out["accuracy_after"]
+    for out in outputs:
+        if out.get("top1_agreement") is not None:
+            return 1.0 - out["top1_agreement"]
+    raise UsageError("--max-drop needs a model whose output is a [N, classes] score vector")
+
+
+def _scaled(options: PruneOptions, scale: float) -> PruneOptions:
+    """The requested pruning scaled towards nothing (scale 0) from as asked (scale 1)."""
+    trial = replace(options, max_drop=None)
+    if options.target_macs is not None:
+        trial.target_macs = 1.0 - scale * (1.0 - options.target_macs)
+    else:
+        trial.filters = scale * options.filters
+    return trial
+
+
+def _within_drop(model_path: str | Path, options: PruneOptions, steps: int = 4) -> PruneOptions:
+    """Largest pruning (up to the requested one) whose fidelity drop is within max_drop.
+
+    Tries the request first; if it loses too much, bisects the scale of the request
+    between the smallest step (1/16 of it) and the request. Drops are measured on the
+    calibration inputs (with --labels: accuracy; else agreement with the original).
+    """
+    limit = float(options.max_drop)
+    if not 0.0 <= limit <= 1.0:
+        raise UsageError(f"--max-drop must be in [0, 1], got {limit}")
+
+    def drop(scale: float) -> float:
+        trial = _scaled(options, scale)
+        ctx = Context(input_shapes=dict(trial.input_shapes))
+        run_pipeline(build_passes(model_path, None, trial), ctx)
+        value = fidelity_drop(ctx.report)
+        log.info("max-drop: scale %.3f of the request loses %.4f", scale, value)
+        return value
+
+    if drop(1.0) <= limit:
+        return replace(options, max_drop=None)
+    smallest = 1.0 / 16
+    if drop(smallest) > limit:
+        raise FidelityError(
+            f"even 1/16 of the requested pruning loses more than --max-drop {limit}; "
+            "nothing written"
+        )
+    good, bad = smallest, 1.0
+    for _ in range(steps):
+        mid = (good + bad) / 2
+        if drop(mid) <= limit:
+            good = mid
+        else:
+            bad = mid
+    log.warning("max-drop: pruning scaled to %.3f of the request to stay within %.4f", good, limit)
+    return _scaled(options, good)

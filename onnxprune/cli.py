@@ -182,6 +182,18 @@ def main() -> None:
     metavar="GLOB=R",
     help="Fixed ratio R for groups with a node matching GLOB (repeatable).",
 )
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    help=".npy of integer labels aligned with the calibration samples (accuracy).",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    help="Largest allowed top-1 drop (accuracy with --labels, else agreement with "
+    "the original); prunes less if needed, exit 7 if impossible.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
@@ -206,6 +218,8 @@ def prune_command(
     protect: bool | None,
     target_macs: float | None,
     layer_ratio: tuple[str, ...],
+    labels: Path | None,
+    max_drop: float | None,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -231,6 +245,13 @@ def prune_command(
             plan=str(plan_path) if plan_path else None,
             reconstruct=reconstruct,
             damping=damping,
+            uniform=uniform,
+            max_ratio=max_ratio,
+            protect=protect,
+            target_macs=target_macs,
+            layer_ratio=tuple(layer_ratio),
+            labels=str(labels) if labels else None,
+            max_drop=max_drop,
         )
         result = prune(
             model,
@@ -239,14 +260,8 @@ def prune_command(
             report_path=report_path,
             command=["onnxprune", *sys.argv[1:]],
         )
-    except PruneError as exc:
-        click.echo(f"onnxprune: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except Exception:
-        if verbose:
-            raise
-        click.echo("onnxprune: internal error (a bug); rerun with -v for the traceback", err=True)
-        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line + exit code
+        _fail(exc, verbose)
     if not quiet:
         from onnxprune.report import format_table
 

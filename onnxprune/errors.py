@@ -44,6 +44,12 @@ class VerificationError(PruneError):
     exit_code = 6
 
 
+class FidelityError(PruneError):
+    """--max-drop: even the smallest pruning step loses more than allowed; nothing written."""
+
+    exit_code = 7
+
+
 class PipelineError(PruneError):
     """The pass list is inconsistent (unknown pass, a requirement nobody provides)."""
 
@@ -58,4 +64,5 @@ EXIT_CODES: dict[int, str] = {
     4: "calibration data invalid",
     5: "output cannot be written",
     6: "pruned model failed verification (nothing written)",
+    7: "--max-drop: even the smallest pruning step exceeds the allowed drop (nothing written)",
 }

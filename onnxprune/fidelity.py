@@ -44,6 +44,8 @@ class OutputFidelity:
     cosine_similarity: float
     top1_agreement: float | None
     samples: int
+    accuracy_before: float | None = None  # top-1 vs --labels, original model
+    accuracy_after: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,8 +59,10 @@ class _Accumulator:
         self.agree = 0
         self.samples = 0
         self.scored = False
+        self.correct_a = self.correct_b = 0
+        self.labelled = 0
 
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+    def add(self, a: np.ndarray, b: np.ndarray, labels: np.ndarray | None = None) -> None:
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         if a64.size:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(a64 - b64))))
@@ -69,25 +73,36 @@ class _Accumulator:
         if a.ndim == 2 and a.shape[1] > 1:
             self.scored = True
             self.agree += int(np.sum(a.argmax(axis=1) == b.argmax(axis=1)))
+            if labels is not None:
+                self.correct_a += int(np.sum(a.argmax(axis=1) == labels))
+                self.correct_b += int(np.sum(b.argmax(axis=1) == labels))
+                self.labelled += labels.shape[0]
 
     def result(self) -> OutputFidelity:
         denom = np.sqrt(self.norm_a) * np.sqrt(self.norm_b)
         cosine = self.dot / denom if denom > 0 else (1.0 if self.norm_a == self.norm_b else 0.0)
         top1 = self.agree / self.samples if self.scored and self.samples else None
-        return OutputFidelity(self.name, self.max_abs, float(cosine), top1, self.samples)
+        acc_a = self.correct_a / self.labelled if self.labelled else None
+        acc_b = self.correct_b / self.labelled if self.labelled else None
+        return OutputFidelity(
+            self.name, self.max_abs, float(cosine), top1, self.samples, acc_a, acc_b
+        )
 
 
 def compare(
     reference: ort.InferenceSession,
     candidate: ort.InferenceSession,
     batches: Iterable[dict[str, np.ndarray]],
+    labels: Iterable[np.ndarray | None] | None = None,
 ) -> list[OutputFidelity]:
-    """Run both sessions on every batch and compare each output."""
+    """Run both sessions on every batch and compare each output (and score vs labels)."""
     names = [o.name for o in reference.get_outputs()]
     accs = [_Accumulator(n) for n in names]
+    label_iter = iter(labels) if labels is not None else None
     for feeds in batches:
+        truth = next(label_iter, None) if label_iter is not None else None
         ref = reference.run(names, feeds)
         cand = candidate.run(names, feeds)
         for acc, a, b in zip(accs, ref, cand, strict=True):
-            acc.add(np.asarray(a), np.asarray(b))
+            acc.add(np.asarray(a), np.asarray(b), truth)
     return [acc.result() for acc in accs]

@@ -122,7 +122,8 @@ class AllocatePass(Pass):
     def _fixed(groups: list[Group], overrides: tuple) -> dict[int, float]:
         fixed: dict[int, float] = {}
         for glob, ratio in overrides:
-            matched = [g for g in groups if any(fnmatch.fnmatchcase(n, glob) for n in g.nodes())]
+            # A ratio is about a layer's own filters: match the nodes creating the channels.
+            matched = [g for g in groups if any(fnmatch.fnmatchcase(n, glob) for n in g.roots)]
             if not matched:
                 log.warning("--layer-ratio '%s' matches no prunable group", glob)
             for g in matched:

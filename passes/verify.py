@@ -38,7 +38,8 @@ class VerifyPass(Pass):
             raise VerificationError(f"pruned model changed its I/O signature: {changed[:2]}")
         reference = session(ctx.source)
         candidate = session(ctx.pruned)
-        results = compare(reference, candidate, ctx.calibration.batches())
+        labels = ctx.calibration.label_batches() if ctx.calibration.labels is not None else None
+        results = compare(reference, candidate, ctx.calibration.batches(), labels)
         ctx.fidelity = {
             "inputs": ctx.calibration.source,
             "samples": ctx.calibration.samples,

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.cli import main
+from tests.helpers import run
 
 
 def _sha(path: Path) -> str:
@@ -325,3 +326,102 @@ def test_report_has_coverage(workdir):
     assert [b["reason"] for b in cov["blocked"]] == [
         "reaches graph output 'logits' (outputs keep their shape)"
     ]
+
+
+def test_allocation_flags_reach_the_pipeline(workdir):
+    report = workdir / "r.json"
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--target-macs",
+        "0.5",
+        "--calib",
+        workdir / "calib.npz",
+        "--uniform",
+        "--no-protect",
+        "--layer-ratio",
+        "*features.7*=0.25",
+        "--max-ratio",
+        "0.8",
+        "--no-reconstruct",
+        "-o",
+        workdir / "o.onnx",
+        "--report",
+        report,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    alloc = data["allocation"]
+    assert alloc["mode"] == "uniform" and alloc["protected"] == []
+    assert list(alloc["fixed"].values()) == [0.25]
+    assert data["flops"]["after"] <= 0.5 * data["flops"]["before"] * 1.02
+    assert data["reconstruction"] is None
+    assert data["options"]["max_ratio"] == 0.8
+
+
+def test_max_drop_guard_prunes_less_to_stay_within(workdir):
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.9",
+        "--calib",
+        workdir / "calib.npz",
+        "--max-drop",
+        "0.01",
+        "--uniform",
+        "--no-reconstruct",
+        "-o",
+        workdir / "h.onnx",
+        "--report",
+        workdir / "h.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((workdir / "h.json").read_text())
+    assert 1 - data["fidelity"]["outputs"][0]["top1_agreement"] <= 0.01
+    assert 0 < data["options"]["filters"] < 0.9  # scaled down from the request
+
+
+def test_max_drop_impossible_exits_7_and_writes_nothing(workdir, monkeypatch):
+    import onnxprune.api
+
+    monkeypatch.setattr(onnxprune.api, "fidelity_drop", lambda report: 1.0)
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.5",
+        "--calib",
+        workdir / "calib.npz",
+        "--max-drop",
+        "0.1",
+        "-o",
+        workdir / "g.onnx",
+    )
+    assert result.exit_code == 7, result.output
+    assert "max-drop" in result.output and not (workdir / "g.onnx").exists()
+
+
+def test_labels_give_accuracy(workdir, eval_data, tmp_path):
+    np.savez(tmp_path / "eval_inputs.npz", input=eval_data["input"])
+    np.save(tmp_path / "labels.npy", eval_data["labels"])
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.3",
+        "--calib",
+        tmp_path / "eval_inputs.npz",
+        "--calib-samples",
+        "500",
+        "--labels",
+        tmp_path / "labels.npy",
+        "-o",
+        workdir / "o.onnx",
+        "--report",
+        workdir / "r.json",
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads((workdir / "r.json").read_text())["fidelity"]["outputs"][0]
+    logits = run(onnx.load(str(workdir / "vgg_digits.onnx")), {"input": eval_data["input"]})[0]
+    assert out["accuracy_before"] == float((logits.argmax(1) == eval_data["labels"]).mean())
+    assert out["accuracy_after"] is not None
