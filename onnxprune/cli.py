@@ -294,3 +294,65 @@ def analyze_command(
     except Exception as exc:  # noqa: BLE001
         _fail(exc, verbose)
     click.echo(json.dumps(result, indent=2) if as_json else format_analysis(result))
+
+
+@main.command("sensitivity")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--calib", required=True, help="Calibration data (.npz, folder, script.py).")
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--criterion",
+    default="energy",
+    show_default=True,
+    help="Which channels go first at each ratio.",
+)
+@click.option("--step", type=float, default=0.1, show_default=True, help="Ratio grid step.")
+@click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    help="Write a PNG of the curves (needs matplotlib: pip install 'onnxprune[plot]').",
+)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...")
+@click.option("-v", "--verbose", count=True, help="More detail.")
+def sensitivity_command(
+    model: Path,
+    calib: str,
+    calib_samples: int,
+    batch_size: int,
+    criterion: str,
+    step: float,
+    as_json: bool,
+    plot_path: Path | None,
+    input_shapes: tuple[str, ...],
+    verbose: int,
+) -> None:
+    """Per-layer sensitivity: each group's re-fit error as a function of its ratio."""
+    import json
+
+    from onnxprune.sensitivity_report import format_sensitivity, plot_sensitivity, sensitivity
+
+    _setup_logging(verbose, quiet=False)
+    try:
+        if not 0.0 < step < 1.0:
+            from onnxprune.errors import UsageError
+
+            raise UsageError(f"--step must be in (0, 1), got {step}")
+        result = sensitivity(
+            model,
+            calib,
+            criterion,
+            calib_samples,
+            batch_size,
+            step,
+            dict(parse_input_shape(s) for s in input_shapes),
+        )
+        if plot_path:
+            plot_sensitivity(result, plot_path)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc, verbose)
+    click.echo(json.dumps(result, indent=2) if as_json else format_sensitivity(result))
+    if plot_path:
+        click.echo(f"wrote {plot_path}")

@@ -93,3 +93,20 @@ def test_first_layer_protected_and_layer_ratio(models_dir, calib_path):
         write=False,
     )
     assert len(unprotected.plan.for_group(first.id).keep) == first.channels // 2
+
+
+def test_refit_error_equals_direct_least_squares():
+    import numpy as np
+
+    from onnxprune.sensitivity import refit_error
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12))
+    w = rng.standard_normal((5, 12))
+    keep = np.array([0, 2, 3, 7, 8, 11])
+    y = x @ w.T
+    solution, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
+    direct = np.sum((x[:, keep] @ solution - y) ** 2) / np.sum(y**2)
+    assert refit_error(x.T @ x, w, keep) == pytest.approx(direct, rel=1e-6)
+    assert refit_error(x.T @ x, w, np.arange(12)) == pytest.approx(0.0, abs=1e-9)
+    assert refit_error(x.T @ x, w, np.array([], dtype=int)) == 1.0

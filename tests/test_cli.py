@@ -425,3 +425,27 @@ def test_labels_give_accuracy(workdir, eval_data, tmp_path):
     logits = run(onnx.load(str(workdir / "vgg_digits.onnx")), {"input": eval_data["input"]})[0]
     assert out["accuracy_before"] == float((logits.argmax(1) == eval_data["labels"]).mean())
     assert out["accuracy_after"] is not None
+
+
+def test_sensitivity_command(workdir):
+    plot = workdir / "s.png"
+    result = invoke(
+        "sensitivity",
+        workdir / "resnet_digits.onnx",
+        "--calib",
+        workdir / "calib.npz",
+        "--json",
+        "--step",
+        "0.25",
+        "--plot",
+        plot,
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert len(data["groups"]) == 5
+    for row in data["groups"]:
+        assert row["ratios"][0] == 0.0 and row["errors"][0] == pytest.approx(0.0, abs=1e-9)
+        assert row["errors"][-1] > row["errors"][1]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    missing = invoke("sensitivity", workdir / "resnet_digits.onnx")
+    assert missing.exit_code == 2  # --calib is required
