@@ -28,7 +28,7 @@ class PruneOptions:
     criterion: str | None = None  # None: "energy" with calibration data, else "l1"
     calib: str | None = None  # .npz, folder of .npy, or script.py[:function]
     labels: str | None = None  # .npy of integer labels aligned with the calibration samples
-    calib_samples: int = 64
+    calib_samples: int = 256
     batch_size: int = 32
     exclude: tuple[str, ...] = ()
     round_to: int = 1

@@ -91,7 +91,7 @@ def main() -> None:
     help=".npz of calibration inputs keyed by input name (first axis = samples).",
 )
 @click.option(
-    "--calib-samples", type=int, default=64, show_default=True, help="Calibration samples to use."
+    "--calib-samples", type=int, default=256, show_default=True, help="Calibration samples to use."
 )
 @click.option(
     "--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."

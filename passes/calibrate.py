@@ -20,7 +20,7 @@ class CalibratePass(Pass):
     params = {
         "calib": Param(str, None, ".npz / folder / script.py[:function] (first axis = samples)"),
         "labels": Param(str, None, ".npy of integer labels aligned with the samples"),
-        "samples": Param(int, 64, "number of calibration samples to use"),
+        "samples": Param(int, 256, "number of calibration samples to use"),
         "batch_size": Param(int, 32, "samples per onnxruntime run"),
         "seed": Param(int, 0, "seed for random inputs"),
     }

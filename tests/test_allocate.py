@@ -110,3 +110,17 @@ def test_refit_error_equals_direct_least_squares():
     assert refit_error(x.T @ x, w, keep) == pytest.approx(direct, rel=1e-6)
     assert refit_error(x.T @ x, w, np.arange(12)) == pytest.approx(0.0, abs=1e-7)
     assert refit_error(x.T @ x, w, np.array([], dtype=int)) == 1.0
+
+
+def test_prefix_errors_equal_one_refit_per_prefix():
+    import numpy as np
+
+    from onnxprune.sensitivity import prefix_errors, refit_error
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 10)) @ rng.standard_normal((10, 10))
+    gram, w = x.T @ x, rng.standard_normal((4, 10))
+    order = rng.permutation(10)
+    errors = prefix_errors(gram, w, order)
+    for k in range(11):
+        assert errors[k] == pytest.approx(refit_error(gram, w, np.sort(order[:k])), abs=1e-7)
