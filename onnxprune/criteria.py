@@ -19,15 +19,28 @@ from onnxprune.depgraph import Group
 from onnxprune.errors import UsageError
 from onnxprune.stats import ChannelStats
 
-Scorer = Callable[[Group, Mapping[str, np.ndarray], "ChannelStats | None"], np.ndarray]
+
+@dataclass(frozen=True)
+class Evidence:
+    """What data-driven criteria know about one group's channels."""
+
+    stats: ChannelStats | None = None  # activation statistics (stats pass)
+    saliency: Mapping[str, np.ndarray] | None = None  # gradient scores (gradients pass)
+
+
+Scorer = Callable[[Group, Mapping[str, np.ndarray], Evidence], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Criterion:
     name: str
     description: str
-    needs_stats: bool
+    needs: str | None  # None, "stats" or "saliency": the pass that must run first
     score: Scorer
+
+    @property
+    def needs_stats(self) -> bool:
+        return self.needs == "stats"
 
 
 def channel_rows(values: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
@@ -68,10 +81,16 @@ def _sum_sq(rows: np.ndarray) -> np.ndarray:
     return np.square(rows).sum(axis=1)
 
 
-def _need(stats: ChannelStats | None, name: str) -> ChannelStats:
-    if stats is None:
+def _need(evidence: Evidence, name: str) -> ChannelStats:
+    if evidence.stats is None:
         raise UsageError(f"criterion '{name}' needs calibration statistics for every group")
-    return stats
+    return evidence.stats
+
+
+def _gradient(evidence: Evidence, name: str) -> np.ndarray:
+    if evidence.saliency is None or name not in evidence.saliency:
+        raise UsageError(f"criterion '{name}' needs gradients (the gradients pass)")
+    return np.asarray(evidence.saliency[name], dtype=np.float64)
 
 
 CRITERIA: dict[str, Criterion] = {
@@ -80,39 +99,57 @@ CRITERIA: dict[str, Criterion] = {
         Criterion(
             "l1",
             "L1 norm of each filter's weights",
-            False,
-            lambda g, w, s: _member_mean(g, w, "out", _l1),
+            None,
+            lambda g, w, e: _member_mean(g, w, "out", _l1),
         ),
         Criterion(
             "l2",
             "L2 norm of each filter's weights",
-            False,
-            lambda g, w, s: _member_mean(g, w, "out", _l2),
+            None,
+            lambda g, w, e: _member_mean(g, w, "out", _l2),
         ),
         Criterion(
             "apoz",
             "1 - average percentage of zeros of the channel (Hu et al. 2016)",
-            True,
-            lambda g, w, s: 1.0 - _need(s, "apoz").apoz,
+            "stats",
+            lambda g, w, e: 1.0 - _need(e, "apoz").apoz,
         ),
         Criterion(
             "mean-act",
             "mean |activation| of the channel on calibration data",
-            True,
-            lambda g, w, s: _need(s, "mean-act").mean_abs,
+            "stats",
+            lambda g, w, e: _need(e, "mean-act").mean_abs,
         ),
         Criterion(
             "energy",
             "‖W_in‖₂ · ‖x‖₂: weights reading the channel times its RMS activation (Wanda-style)",
-            True,
-            lambda g, w, s: _member_mean(g, w, "in", _l2) * np.sqrt(_need(s, "energy").energy),
+            "stats",
+            lambda g, w, e: _member_mean(g, w, "in", _l2) * np.sqrt(_need(e, "energy").energy),
         ),
         Criterion(
             "obd",
             "½·Σ H_jj·w_j² over the weights reading the channel, H_jj ≈ E[x²] "
             "(Optimal Brain Damage on the consumer's input)",
-            True,
-            lambda g, w, s: 0.5 * _member_mean(g, w, "in", _sum_sq) * _need(s, "obd").energy,
+            "stats",
+            lambda g, w, e: 0.5 * _member_mean(g, w, "in", _sum_sq) * _need(e, "obd").energy,
+        ),
+        Criterion(
+            "snip",
+            "SNIP connection sensitivity |g·w| summed over each filter (gradients in ONNX)",
+            "saliency",
+            lambda g, w, e: _gradient(e, "snip"),
+        ),
+        Criterion(
+            "taylor",
+            "Molchanov et al. Taylor |mean(dL/dz·z)| of the channel, ℓ2-normalised per layer",
+            "saliency",
+            lambda g, w, e: _gradient(e, "taylor"),
+        ),
+        Criterion(
+            "fisher",
+            "½·E[(dL/dw)²]·w² (Fisher/OBD) summed over each filter",
+            "saliency",
+            lambda g, w, e: _gradient(e, "fisher"),
         ),
     )
 }
@@ -130,7 +167,7 @@ def score_group(
     group: Group,
     constants: Mapping[str, np.ndarray],
     criterion: Criterion,
-    stats: ChannelStats | None = None,
+    evidence: Evidence | None = None,
 ) -> np.ndarray:
     """Per-channel importance of `group` (length = group.channels)."""
-    return np.asarray(criterion.score(group, constants, stats), dtype=np.float64)
+    return np.asarray(criterion.score(group, constants, evidence or Evidence()), np.float64)

@@ -50,6 +50,7 @@ class Context:
     calibration: Calibration | None = None
     groups: list[Group] | None = None
     stats: dict[int, Any] | None = None  # group id -> onnxprune.stats.ChannelStats
+    saliency: dict[int, dict[str, np.ndarray]] | None = None  # gradients pass
     scores: dict[int, np.ndarray] | None = None
     ratios: dict[int, float] | None = None  # per-group ratios from the allocate pass
     allocation: dict[str, Any] | None = None

@@ -35,8 +35,11 @@ def sensitivity(
         PASSES["calibrate"](calib=calib, samples=samples, batch_size=batch_size),
         PASSES["groups"](),
     ]
-    if get_criterion(criterion).needs_stats:
+    needs = get_criterion(criterion).needs
+    if needs == "stats":
         passes.append(PASSES["stats"]())
+    elif needs == "saliency":
+        passes.append(PASSES["gradients"](criterion=criterion))
     passes.append(PASSES["score"](criterion=criterion))
     run_pipeline(passes, ctx)
     groups = [g for g in ctx.groups if g.prunable]

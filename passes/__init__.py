@@ -5,6 +5,7 @@ from __future__ import annotations
 from onnxprune.passes.allocate import AllocatePass
 from onnxprune.passes.calibrate import CalibratePass
 from onnxprune.passes.emit import EmitPass
+from onnxprune.passes.gradients import GradientsPass
 from onnxprune.passes.groups import GroupsPass
 from onnxprune.passes.load import LoadPass
 from onnxprune.passes.mask import MaskPass
@@ -25,6 +26,7 @@ PASSES = {
         CalibratePass,
         GroupsPass,
         StatsPass,
+        GradientsPass,
         ScorePass,
         AllocatePass,
         PlanPass,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.criteria import CRITERIA, get_criterion, score_group
+from onnxprune.criteria import CRITERIA, Evidence, get_criterion, score_group
 from onnxprune.errors import UsageError
 from onnxprune.pipeline import Context, Param, Pass
 
@@ -21,16 +21,20 @@ class ScorePass(Pass):
 
     def run(self, ctx: Context) -> None:
         criterion = get_criterion(self.options["criterion"])
-        if criterion.needs_stats and ctx.stats is None:
+        if criterion.needs == "stats" and ctx.stats is None:
             raise UsageError(f"criterion '{criterion.name}' needs the stats pass before score")
+        if criterion.needs == "saliency" and ctx.saliency is None:
+            raise UsageError(f"criterion '{criterion.name}' needs the gradients pass before score")
         constants = {
             name: np.asarray(t.values)
             for name, t in ctx.graph.tensors().items()
             if isinstance(t, gs.Constant)
         }
-        stats = ctx.stats or {}
+        stats, saliency = ctx.stats or {}, ctx.saliency or {}
         ctx.scores = {
-            g.id: score_group(g, constants, criterion, stats.get(g.id))
+            g.id: score_group(
+                g, constants, criterion, Evidence(stats.get(g.id), saliency.get(g.id))
+            )
             for g in ctx.groups
             if g.prunable
         }
