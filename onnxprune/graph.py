@@ -8,6 +8,7 @@ is what channel analysis and surgery need. Shapes come from ONNX shape inference
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,7 +32,9 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export `graph` as a model carrying `template`'s metadata, IR version and opsets."""
     model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = template.ir_version
+    # IR < 4 requires every initializer to be listed as a graph input; normalize takes
+    # weights out of the inputs (they are not inputs), which only IR 4 allows.
+    model.ir_version = max(template.ir_version, 4)
     del model.opset_import[:]
     model.opset_import.extend(template.opset_import)
     model.producer_name = template.producer_name
@@ -83,11 +86,56 @@ def fix_input_dims(
                 dims.add().dim_value = int(v)
             continue
         if default is None:
+            for i, d in enumerate(dims):
+                if d.HasField("dim_value") and d.dim_value <= 0:
+                    d.Clear()
+                    d.dim_param = f"{inp.name}_dim{i}"
             continue
         for d in dims:
-            if not d.HasField("dim_value"):
+            if not d.HasField("dim_value") or d.dim_value <= 0:  # some exporters write -1
                 d.Clear()
                 d.dim_value = default
+    return model
+
+
+_SKELETON_MAX = 4096  # initializers with more elements are weights: inference needs no values
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` without weight data, for fast shape inference.
+
+    Large initializers become typed graph inputs of the same shape (shape inference
+    only needs their shapes); small ones, which may be shape operands that data
+    propagation reads, are kept. Copying a 500 MB model would cost seconds.
+    """
+    light = onnx.ModelProto()
+    for field_name in ("ir_version", "producer_name", "producer_version", "domain"):
+        setattr(light, field_name, getattr(model, field_name))
+    light.ir_version = max(light.ir_version, 4)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = model.graph
+    light.graph.name = graph.name
+    light.graph.node.extend(graph.node)
+    light.graph.input.extend(graph.input)
+    light.graph.output.extend(graph.output)
+    light.graph.value_info.extend(graph.value_info)
+    declared = {i.name for i in graph.input}
+    for init in graph.initializer:
+        if math.prod(init.dims) <= _SKELETON_MAX or init.data_location == onnx.TensorProto.EXTERNAL:
+            light.graph.initializer.append(init)
+        elif init.name not in declared:
+            light.graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    return light
+
+
+def infer_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` with value_info for every tensor shape inference can determine (in place)."""
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
     return model
 
 
@@ -96,13 +144,13 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
 
     Initializer shapes are included, so a caller can look up any tensor by name.
     """
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
     shapes: dict[str, Shape] = {}
     for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         shape = value_shape(info)
         if shape is not None:
             shapes[info.name] = shape
-    for init in inferred.graph.initializer:
+    for init in model.graph.initializer:
         shapes[init.name] = tuple(int(d) for d in init.dims)
     return shapes
 
@@ -141,3 +189,49 @@ def subgraph_references(graph: gs.Graph) -> set[str]:
                         names.update(t.name for t in inner.inputs if t.name)
                     names.update(subgraph_references(body))
     return names
+
+
+class RuntimeValue(Exception):
+    """An operand that analysis needs as a constant is computed at run time."""
+
+
+def int_operand(node: gs.Node, attr: str, index: int) -> list[int] | None:
+    """An integer list given as attribute `attr` (older opsets) or as input `index` (newer).
+
+    None when absent; raises RuntimeValue when the input is not a constant. Covers the
+    opset drift of Squeeze/Unsqueeze/Reduce* axes, Split sizes, Slice bounds and Pad pads.
+    """
+    if attr in node.attrs:
+        value = node.attrs[attr]
+        return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    if index < len(node.inputs) and node.inputs[index].name:
+        tensor = node.inputs[index]
+        if not isinstance(tensor, gs.Constant):
+            raise RuntimeValue(f"input '{tensor.name}' of {node.op} '{node.name}'")
+        return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
+    return None
+
+
+def name_nodes(graph: gs.Graph) -> int:
+    """Give every unnamed or duplicate-named node a unique name; return how many changed.
+
+    Groups, plans and reports refer to nodes by name, so names must be unique.
+    """
+    original = [n.name for n in graph.nodes]
+    reserved = set(original)
+    seen: set[str] = set()
+    renamed = 0
+    for index, node in enumerate(graph.nodes):
+        name = node.name
+        if name and name not in seen:
+            seen.add(name)
+            continue
+        base = f"{name or node.op}_{index}"
+        name, n = base, 0
+        while name in reserved or name in seen:
+            n += 1
+            name = f"{base}_{n}"
+        node.name = name
+        seen.add(name)
+        renamed += 1
+    return renamed
