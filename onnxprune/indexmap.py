@@ -3,9 +3,12 @@
 A group's channels are described on every tensor it touches by a `positions`
 array of shape [channels, k]: row c lists the k positions along the tensor's
 channel axis that belong to group channel c (k = 1 for an ordinary feature map,
-k = H*W after a Flatten into a fully connected layer). These functions map such
-arrays between tensors, exactly or not at all: when a map cannot be proven they
-raise `Unmappable` and the caller blocks the group.
+k = H*W after a Flatten into a fully connected layer, k = g for the units of a
+grouped convolution). A group may own only part of an axis. These functions map
+such arrays between tensors, exactly or not at all: when a map cannot be proven
+they raise `Unmappable` and the caller blocks the group. When a map exists only
+for a coarser or finer choice of rows, they raise `Regroup` saying how the rows
+must be merged or separated; the dependency graph then restarts the group.
 """
 
 from __future__ import annotations
@@ -14,12 +17,29 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from onnxprune.graph import Dim
 
 
 class Unmappable(Exception):
     """The channel positions cannot be expressed exactly on the other tensor."""
+
+
+class Regroup(Exception):
+    """The map exists once the group's rows are restructured.
+
+    mode "merge": rows with equal `labels` must become one channel (pruned together);
+    mode "split": rows with different `labels` must go to different groups.
+    """
+
+    def __init__(self, mode: str, labels: np.ndarray, reason: str) -> None:
+        super().__init__(reason)
+        self.mode = mode
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.reason = reason
+        self.node: str | None = None  # filled in by whoever knows where it was raised
 
 
 def identity(channels: int) -> np.ndarray:
@@ -118,3 +138,105 @@ def flatten_dims(dims: Sequence[Dim], axis: int) -> tuple[Dim, Dim]:
     head_size: Dim = math.prod(head) if _is_static(head) else None  # type: ignore[arg-type]
     tail_size: Dim = math.prod(tail) if _is_static(tail) else None  # type: ignore[arg-type]
     return head_size, tail_size
+
+
+def canonical(positions: np.ndarray) -> np.ndarray:
+    """Rows are sets: sort each so that two maps of the same channels compare equal."""
+    return np.sort(np.asarray(positions, dtype=np.int64).reshape(positions.shape[0], -1), axis=1)
+
+
+def shift(positions: np.ndarray, delta: int) -> np.ndarray:
+    """Positions on a tensor that sits at offset `delta` inside (or outside) another."""
+    return positions + int(delta)
+
+
+def split_ranges(
+    positions: np.ndarray, ranges: Sequence[tuple[int, int]]
+) -> list[np.ndarray | None]:
+    """Positions falling into each [start, stop) range, relative to its start (Concat/Split/Slice).
+
+    Every row must put the same number of positions into each range (possibly none:
+    then that range gets None); rows that differ must live in different groups.
+    """
+    counts = np.stack(
+        [((positions >= a) & (positions < b)).sum(axis=1) for a, b in ranges], axis=1
+    )  # [C, parts]
+    if len(counts) and not (counts == counts[0]).all():
+        _, labels = np.unique(counts, axis=0, return_inverse=True)
+        raise Regroup("split", labels.reshape(-1), "channels fall into different parts")
+    parts: list[np.ndarray | None] = []
+    for j, (a, b) in enumerate(ranges):
+        k = int(counts[0, j]) if len(counts) else 0
+        if k == 0:
+            parts.append(None)
+            continue
+        inside = (positions >= a) & (positions < b)
+        parts.append(positions[inside].reshape(positions.shape[0], k) - a)
+    return parts
+
+
+def expand_blocks(positions: np.ndarray, m: int) -> np.ndarray:
+    """p -> {p*m, ..., p*m + m-1}: a channel that owns a contiguous block of m positions."""
+    out = positions[:, :, None] * m + np.arange(m, dtype=np.int64)
+    return out.reshape(positions.shape[0], -1)
+
+
+def collapse_blocks(positions: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of expand_blocks: rows must hold whole blocks of m (else merge or block)."""
+    return _collapse(positions, positions // m, m, f"a block of size {m}")
+
+
+def expand_strided(positions: np.ndarray, n: int, r: int) -> np.ndarray:
+    """c -> {c, c + n, ..., c + (r-1)*n}: one channel in each of r equal slabs of size n."""
+    out = positions[:, :, None] + n * np.arange(r, dtype=np.int64)
+    return out.reshape(positions.shape[0], -1)
+
+
+def collapse_strided(positions: np.ndarray, n: int, r: int) -> np.ndarray:
+    """Inverse of expand_strided: each row must hold the same offsets in all r slabs of n.
+
+    This is what keeps a grouped convolution's groups equal: removing offset o of
+    every group shrinks the weight's per-group axis by exactly those offsets.
+    """
+    if positions.size and int(positions.max()) >= n * r:
+        raise Unmappable(f"positions exceed {r} slabs of {n}")
+    return _collapse(positions, positions % n, r, f"{r} equal slabs")
+
+
+def _collapse(positions: np.ndarray, targets: np.ndarray, full: int, what: str) -> np.ndarray:
+    """Map each row's positions to the targets they cover, each target covered `full` times.
+
+    A target whose `full` preimage positions are not all in the group cannot be
+    expressed (Unmappable); one whose preimage is spread over several rows means
+    those rows must be merged (Regroup).
+    """
+    rows_n = positions.shape[0]
+    flat = targets.reshape(-1)
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    if (counts != full).any():
+        raise Unmappable(
+            f"a channel needs all positions of {what}, and some of them lie outside the group"
+        )
+    rows = np.repeat(np.arange(rows_n), positions.shape[1])
+    low = np.full(len(uniq), rows_n, dtype=np.int64)
+    high = np.full(len(uniq), -1, dtype=np.int64)
+    np.minimum.at(low, inverse, rows)
+    np.maximum.at(high, inverse, rows)
+    if (low != high).any():
+        incidence = coo_matrix(
+            (np.ones(len(rows)), (rows, inverse.reshape(-1))), shape=(rows_n, len(uniq))
+        ).tocsr()
+        _, labels = connected_components(incidence @ incidence.T, directed=False)
+        raise Regroup("merge", labels, f"channels must be pruned as whole units of {what}")
+    return np.sort(targets, axis=1)[:, ::full]
+
+
+def axis_after_removing(axis: int, removed: Sequence[int]) -> int:
+    """Where `axis` lands once the axes in `removed` are dropped (Squeeze, Reduce, Gather)."""
+    return axis - sum(1 for r in removed if r < axis)
+
+
+def axis_before_removing(axis: int, removed: Sequence[int], rank: int) -> int:
+    """Inverse of axis_after_removing for an input of `rank` axes."""
+    kept = [a for a in range(rank) if a not in set(removed)]
+    return kept[axis]
