@@ -75,7 +75,7 @@ class GraphBuilder:
             self.inits,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        model.ir_version = 8
+        model.ir_version = 8 if opset <= 19 else 10  # IR 8 knows opsets up to 19
         model = onnx.shape_inference.infer_shapes(model)
         onnx.checker.check_model(model, full_check=True)
         return model

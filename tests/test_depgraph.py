@@ -89,9 +89,12 @@ def test_elementwise_constant_with_channel_axis_is_sliced(tmp_path):
 @pytest.mark.parametrize(
     ("build", "reason"),
     [
-        (lambda b: b.op("Softmax", [b.conv("x", 3, 8)], axis=1), "Softmax"),
-        (lambda b: b.conv(b.conv("x", 3, 8), 8, 8, group=2), "grouped"),
-        (lambda b: b.op("Concat", [b.conv("x", 3, 4), b.conv("x", 3, 4)], axis=1), "Concat"),
+        (lambda b: b.conv(b.op("Softmax", [b.conv("x", 3, 8)], axis=1), 8, 2), "Softmax"),
+        (lambda b: b.conv(b.op("LRN", [b.conv("x", 3, 8)], size=3), 8, 2), "LRN"),
+        (
+            lambda b: b.op("ReduceMean", [b.conv("x", 3, 8)], axes=[1], keepdims=1),
+            "reduces over the channel axis",
+        ),
         (lambda b: b.conv("x", 3, 8), "graph output"),
     ],
 )
