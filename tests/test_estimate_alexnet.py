@@ -3,7 +3,7 @@
 The onnx wheel's light AlexNet has the real layer shapes with ConstantOfShape weights;
 we fold them (load + normalize), draw random weights and prune each layer by magnitude
 to Han's kept fraction. The estimate must count 6.7M +- 2% kept weights of 61M, and say
-whether the FC layers fit on eie-64pe (the EIE paper says they do; see docs/estimate.md
+whether the FC layers fit on eie-64pe (the EIE paper says they do; see the README
 for why our model streams fc8: the three layers' column pointers overflow the 32 KiB
 pointer SRAM of each PE although their weights fit).
 """

@@ -4,7 +4,7 @@
 
 Folds the onnx wheel's light AlexNet (real layer shapes), draws seeded random weights,
 prunes each layer by magnitude to Han's kept fraction, and estimates the dense and the
-pruned model on several profiles. Writes the dense-vs-pruned table into docs/estimate.md
+pruned model on several profiles. Writes the dense-vs-pruned table into README.md
 (between the bench_estimate markers), the energy plot docs/estimate-alexnet.png, and the
 "Accelerator estimate (issue 5)" section of BENCHMARKS.md (with wall times).
 """
@@ -29,7 +29,7 @@ from onnxprune.unstructured import magnitude_mask
 ALEXNET = Path(onnx.__file__).parent / "backend/test/data/light/light_bvlc_alexnet.onnx"
 KEPT = {"conv1": 0.84, "conv2": 0.38, "conv3": 0.35, "conv4": 0.37, "conv5": 0.37,
         "fc6": 0.09, "fc7": 0.09, "fc8": 0.25}  # fmt: skip
-DOC = ROOT / "docs" / "estimate.md"
+DOC = ROOT / "README.md"
 PLOT = ROOT / "docs" / "estimate-alexnet.png"
 BEGIN, END = "<!-- bench_estimate:begin -->", "<!-- bench_estimate:end -->"
 # (label, profile, --sram-bytes, --layers)
