@@ -11,11 +11,14 @@ from typing import Any
 
 import onnx
 
+from onnxprune.connections import CRITERIA as WEIGHT_CRITERIA
+from onnxprune.connections import NEEDS_CALIBRATION, split_layer_ratios
 from onnxprune.depgraph import Group
 from onnxprune.errors import FidelityError, UsageError
 from onnxprune.modelio import check_output_path
 from onnxprune.pipeline import Context, Pass, run_pipeline
 from onnxprune.plan import Plan
+from onnxprune.sparse import DEFAULT_FORMATS
 
 log = logging.getLogger("onnxprune")
 
@@ -44,11 +47,37 @@ class PruneOptions:
     target_macs: float | None = None  # fraction of MACs to keep, instead of --filters
     layer_ratio: tuple[str, ...] = ()  # "GLOB=R" overrides
     max_drop: float | None = None  # fidelity guard: largest allowed top-1 (agreement) drop
+    # connection pruning (issue 4); see docs/connection-pruning.md
+    weights: float = 0.0  # fraction of each layer's weights set to zero
+    weight_criterion: str | None = None  # None: "obs" with calibration data, else "magnitude"
+    nm: str | None = None  # "N:M": keep N of every M consecutive inputs (instead of weights)
+    weights_sequential: bool = True  # wanda/obs statistics from the already-sparse model
+    sparse_dir: str | None = None  # None: MODEL.sparse/ beside the output model
+    sparse_formats: tuple[str, ...] = DEFAULT_FORMATS
+    sparse_values: str = "fp32"  # fp32 | fp16 | int8
+    index_bits: str | int | None = None  # relidx: N, or "conv=N,fc=M"; None: conv 4, fc 5
+    bsr_block: str | tuple[int, int] | None = None  # None: 4x1, tensors it cannot tile skipped
+    eie_pes: int = 64
+    sparse_initializers: bool = False  # store pruned weights as ONNX sparse initializers
 
     def resolved_criterion(self) -> str:
         if self.criterion:
             return self.criterion
         return "energy" if self.calib else "l1"
+
+    def resolved_weight_criterion(self) -> str:
+        if self.weight_criterion:
+            return self.weight_criterion
+        return "obs" if self.calib else "magnitude"
+
+    def layer_ratios(self) -> tuple[tuple[str, ...], tuple[tuple[str, float], ...]]:
+        """(--layer-ratio for filter allocation, (glob, sparsity) for connection pruning)."""
+        filters_given = bool(self.filters) or self.target_macs is not None
+        weights_given = bool(self.weights) or self.nm is not None
+        return split_layer_ratios(self.layer_ratio, filters_given, weights_given)
+
+    def prunes_weights(self) -> bool:
+        return bool(self.weights) or self.nm is not None or bool(self.layer_ratios()[1])
 
 
 @dataclass
@@ -92,6 +121,9 @@ def build_passes(
     criterion = options.resolved_criterion()
     if options.target_macs is not None and options.filters:
         raise UsageError("give either --filters or --target-macs, not both")
+    filter_ratios, weight_ratios = options.layer_ratios()
+    weight_passes = _weight_passes(options, output, weight_ratios)
+    structured = bool(options.filters) or options.target_macs is not None or bool(filter_ratios)
     if options.plan is None:
         from onnxprune.criteria import get_criterion
         from onnxprune.passes.allocate import parse_layer_ratio
@@ -103,10 +135,11 @@ def build_passes(
             PASSES["allocate"](
                 filters=options.filters,
                 target_macs=options.target_macs,
-                uniform=options.uniform,
+                # weights only: no filter ratio to allocate, so skip the sensitivity curves
+                uniform=options.uniform or (not structured and bool(weight_passes)),
                 max_ratio=options.max_ratio,
                 protect=options.protect if options.protect is not None else bool(options.calib),
-                layer_ratio=tuple(parse_layer_ratio(t) for t in options.layer_ratio),
+                layer_ratio=tuple(parse_layer_ratio(t) for t in filter_ratios),
                 exclude=tuple(options.exclude),
             )
         )
@@ -127,14 +160,82 @@ def build_passes(
         raise UsageError("--reconstruct changes weights; it cannot be combined with --mask-only")
     if reconstruct:
         passes.append(PASSES["reconstruct"](damping=options.damping))
+    passes += weight_passes[:1]
     passes += [
         PASSES["verify"](),
         PASSES["report"](command=tuple(command), options=recorded),
     ]
+    passes += weight_passes[1:]
     if output is not None:
         passes.append(
             PASSES["emit"](output=str(output), report=str(report_path) if report_path else None)
         )
+    return passes
+
+
+def _weight_passes(
+    options: PruneOptions, output: str | Path | None, weight_ratios: tuple
+) -> list[Pass]:
+    """[weights, (sparse_initializers), blobs] for connection pruning, else []; every
+    option is validated here, before anything runs."""
+    from onnxprune.passes import PASSES
+    from onnxprune.sparse.options import Options
+    from onnxprune.sparse.values import value_type
+    from onnxprune.sparsity import (
+        default_sparse_dir,
+        parse_block,
+        parse_formats,
+        parse_index_bits,
+    )
+    from onnxprune.unstructured import as_nm
+
+    if not options.prunes_weights():
+        if options.sparse_initializers or options.sparse_dir:
+            raise UsageError("--sparse-initializers and --sparse-dir need --weights or --nm")
+        return []
+    weights = options.weights
+    if isinstance(weights, bool) or not isinstance(weights, (int, float)) or not 0 <= weights < 1:
+        raise UsageError(f"--weights must be in [0, 1) (fraction of weights zeroed), got {weights}")
+    criterion = options.resolved_weight_criterion()
+    if criterion not in WEIGHT_CRITERIA:
+        raise UsageError(
+            f"unknown --weight-criterion '{criterion}'; valid: {', '.join(WEIGHT_CRITERIA)}"
+        )
+    if criterion in NEEDS_CALIBRATION and not options.calib:
+        raise UsageError(f"--weight-criterion {criterion} needs calibration data (--calib)")
+    nm = as_nm(options.nm)
+    if nm is not None and weights:
+        raise UsageError("give either --weights or --nm, not both (N:M fixes the sparsity)")
+    formats = parse_formats(options.sparse_formats)
+    value_type(options.sparse_values)
+    index_bits = parse_index_bits(options.index_bits)
+    block = parse_block(options.bsr_block)
+    Options(n_pe=options.eie_pes)
+    directory = None
+    if output is not None:
+        directory = str(options.sparse_dir or default_sparse_dir(output))
+    passes: list[Pass] = [
+        PASSES["weights"](
+            sparsity=float(weights),
+            criterion=criterion,
+            nm=f"{nm[0]}:{nm[1]}" if nm else None,
+            layer_ratio=weight_ratios,
+            exclude=tuple(options.exclude),
+            sequential=options.weights_sequential,
+        )
+    ]
+    if options.sparse_initializers:
+        passes.append(PASSES["sparse_initializers"]())
+    passes.append(
+        PASSES["blobs"](
+            directory=directory,
+            formats=formats,
+            values=options.sparse_values,
+            index_bits=index_bits,
+            block=block,
+            n_pe=options.eie_pes,
+        )
+    )
     return passes
 
 
@@ -164,6 +265,11 @@ def prune(
         targets = [output] + ([report_path] if report_path else [])
         for target in targets:
             check_output_path(target, [model_path])
+        if options.prunes_weights():
+            from onnxprune.sparsity import check_sparse_dir, default_sparse_dir
+
+            blob_dir = options.sparse_dir or default_sparse_dir(output)
+            check_sparse_dir(blob_dir, [model_path, *targets])
     else:
         output = None
     command = list(command if command is not None else sys.argv)
@@ -201,6 +307,7 @@ def _scaled(options: PruneOptions, scale: float) -> PruneOptions:
         trial.target_macs = 1.0 - scale * (1.0 - options.target_macs)
     else:
         trial.filters = scale * options.filters
+    trial.weights = scale * options.weights
     return trial
 
 

@@ -58,6 +58,7 @@ class Context:
     pruned: onnx.ModelProto | None = None
     fidelity: dict[str, Any] | None = None
     reconstruction: list[dict[str, Any]] | None = None
+    sparsity: dict[str, Any] | None = None  # connection pruning record (weights pass)
     output_path: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
