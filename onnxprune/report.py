@@ -62,6 +62,7 @@ def build_report(
     timings: Mapping[str, float],
     reconstruction: Sequence[Mapping[str, Any]] | None = None,
     allocation: Mapping[str, Any] | None = None,
+    sparsity: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     blocked = [g for g in groups if not g.prunable]
     return {
@@ -88,6 +89,7 @@ def build_report(
         "fidelity": dict(fidelity) if fidelity else None,
         "allocation": dict(allocation) if allocation else None,
         "reconstruction": list(reconstruction) if reconstruction else None,
+        "sparsity": dict(sparsity) if sparsity else None,
         "timings": dict(timings),
     }
 
@@ -127,6 +129,7 @@ def format_table(report: Mapping[str, Any]) -> str:
         f"groups: {s['groups']} found, {s['pruned']} pruned, {s['blocked']} blocked"
         + (" (see report 'blocked')" if s["blocked"] else "")
     )
+    lines += _sparsity_lines(report.get("sparsity"))
     fid = report.get("fidelity")
     if fid:
         for out in fid["outputs"]:
@@ -141,3 +144,23 @@ def format_table(report: Mapping[str, Any]) -> str:
             )
     lines.append(f"time: {sum(report['timings'].values()):.2f} s")
     return "\n".join(lines)
+
+
+def _sparsity_lines(section: Mapping[str, Any] | None) -> list[str]:
+    """Connection pruning in two lines: zeros and MACs, then blob bytes."""
+    if not section:
+        return []
+    t = section["totals"]
+    lines = [
+        f"weights: {t['sparsity'] * 100:.1f}% zero in {t['layers']} layers "
+        f"({_human(t['nnz'])} of {_human(t['elements'])} kept, {section['criterion']}); "
+        f"MACs with zero skipping {_human(t['effective_macs'])} "
+        f"({_change(t['macs'], t['effective_macs'])})"
+    ]
+    if "best_bytes" in t:
+        where = (section.get("blobs") or {}).get("directory")
+        lines.append(
+            f"sparse blobs: best {_human(t['best_bytes'])}B vs dense {_human(t['dense_bytes'])}B"
+            + (f" in {where}" if where else "")
+        )
+    return lines

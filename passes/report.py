@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onnxprune.pipeline import Context, Param, Pass
 from onnxprune.report import build_report, model_costs
+from onnxprune.sparsity import sparsity_section
 
 
 class ReportPass(Pass):
@@ -18,11 +19,12 @@ class ReportPass(Pass):
 
     def run(self, ctx: Context) -> None:
         file_size = ctx.model_path.stat().st_size if ctx.model_path else ctx.source.ByteSize()
+        after = model_costs(ctx.pruned, ctx.input_shapes)
         ctx.report = build_report(
             command=self.options["command"],
             options=self.options["options"],
             before=model_costs(ctx.original, ctx.input_shapes),
-            after=model_costs(ctx.pruned, ctx.input_shapes),
+            after=after,
             file_size_before=file_size,
             groups=ctx.groups,
             plan=ctx.plan,
@@ -30,4 +32,9 @@ class ReportPass(Pass):
             timings=ctx.timings,
             reconstruction=ctx.reconstruction,
             allocation=ctx.allocation,
+            sparsity=(
+                sparsity_section(ctx.pruned, ctx.sparsity, after["node_macs"])
+                if ctx.sparsity is not None
+                else None
+            ),
         )
