@@ -194,6 +194,69 @@ def main() -> None:
     help="Largest allowed top-1 drop (accuracy with --labels, else agreement with "
     "the original); prunes less if needed, exit 7 if impossible.",
 )
+@click.option(
+    "--weights",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Fraction of the weights of every Conv/ConvTranspose/Gemm/MatMul set to zero, "
+    "in [0, 1) (connection pruning; combines with --filters).",
+)
+@click.option(
+    "--weight-criterion",
+    default=None,
+    help="Which weights go: magnitude (Han's per-layer threshold), global (one magnitude "
+    "threshold), wanda, obs (SparseGPT) [default: obs with --calib, else magnitude].",
+)
+@click.option(
+    "--nm",
+    default=None,
+    metavar="N:M",
+    help="Keep N of every M consecutive weights along the input dimension (e.g. 2:4).",
+)
+@click.option(
+    "--sparse-dir",
+    type=click.Path(path_type=Path),
+    help="Sparse weight blobs + manifest.json [default: OUTPUT.sparse/ beside the model].",
+)
+@click.option(
+    "--sparse-formats",
+    default=None,
+    metavar="LIST",
+    help="Comma list of blob formats (dense, csr, csc, bsr, bitmask, relidx, eie) "
+    "[default: dense,csr,csc,bitmask,relidx,eie].",
+)
+@click.option(
+    "--sparse-values",
+    default="fp32",
+    show_default=True,
+    help="Value encoding of the blobs: fp32, fp16 or int8 (symmetric per-tensor scale).",
+)
+@click.option(
+    "--index-bits",
+    default=None,
+    metavar="N|conv=N,fc=M",
+    help="Relative-index width of the relidx blobs [default: conv=4,fc=5].",
+)
+@click.option(
+    "--bsr-block",
+    default=None,
+    metavar="RxC",
+    help="BSR block shape; given explicitly it must divide every pruned weight "
+    "[default: 4x1, skipping weights it cannot tile].",
+)
+@click.option(
+    "--eie-pes",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Processing elements of the EIE interleaved-CSC blobs.",
+)
+@click.option(
+    "--sparse-initializers",
+    is_flag=True,
+    help="Store pruned weights as ONNX sparse initializers so the model file shrinks.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
@@ -220,6 +283,16 @@ def prune_command(
     layer_ratio: tuple[str, ...],
     labels: Path | None,
     max_drop: float | None,
+    weights: float,
+    weight_criterion: str | None,
+    nm: str | None,
+    sparse_dir: Path | None,
+    sparse_formats: str | None,
+    sparse_values: str,
+    index_bits: str | None,
+    bsr_block: str | None,
+    eie_pes: int,
+    sparse_initializers: bool,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -252,6 +325,16 @@ def prune_command(
             layer_ratio=tuple(layer_ratio),
             labels=str(labels) if labels else None,
             max_drop=max_drop,
+            weights=weights,
+            weight_criterion=weight_criterion,
+            nm=nm,
+            sparse_dir=str(sparse_dir) if sparse_dir else None,
+            sparse_formats=sparse_formats or PruneOptions.sparse_formats,
+            sparse_values=sparse_values,
+            index_bits=index_bits,
+            bsr_block=bsr_block,
+            eie_pes=eie_pes,
+            sparse_initializers=sparse_initializers,
         )
         result = prune(
             model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from onnxprune.passes.allocate import AllocatePass
+from onnxprune.passes.blobs import BlobsPass, SparseInitializersPass
 from onnxprune.passes.calibrate import CalibratePass
 from onnxprune.passes.emit import EmitPass
 from onnxprune.passes.gradients import GradientsPass
@@ -17,6 +18,7 @@ from onnxprune.passes.score import ScorePass
 from onnxprune.passes.stats import StatsPass
 from onnxprune.passes.surgery import SurgeryPass
 from onnxprune.passes.verify import VerifyPass
+from onnxprune.passes.weights import WeightsPass
 
 PASSES = {
     p.name: p
@@ -36,6 +38,9 @@ PASSES = {
         VerifyPass,
         ReportPass,
         EmitPass,
+        WeightsPass,
+        SparseInitializersPass,
+        BlobsPass,
     )
 }
 
