@@ -46,6 +46,7 @@ Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 _ROW_ELEMENTS = 1 << 24
 # Largest total cost (sum over rows of kept³) of the exact per-row re-fit of one layer.
 _REFIT_BUDGET = 2e10
+_SMALL = 1024
 
 
 @dataclass
@@ -249,6 +250,13 @@ def obs_fit(
     blocksize: int,
 ) -> Fit:
     """OBS pruning of `w0` ([out, in]) against the targets in `sums` (see module doc)."""
+    # Up to ~1k inputs the factorisations are too small for BLAS threads to pay off.
+    small = w0.shape[1] <= _SMALL
+    with _single_threaded_blas() if small else contextlib.nullcontext():
+        return _obs_fit(w0, sums, sparsity, nm, intercept, percdamp, blocksize)
+
+
+def _obs_fit(w0, sums, sparsity, nm, intercept, percdamp, blocksize) -> Fit:
     w0 = w0.astype(np.float64)
     n = max(sums.n, 1)
     if sums.sxy is None:  # targets: the layer's own output on these inputs
