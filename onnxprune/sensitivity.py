@@ -100,24 +100,6 @@ def gram_matrices(
     return grams
 
 
-def refit_error(gram: np.ndarray, weight: np.ndarray, keep_cols: np.ndarray) -> float:
-    """Relative error of the best re-fit of `weight` ([out, d]) using only `keep_cols`."""
-    energy = float(np.sum(weight * (weight @ gram)))
-    if energy <= 0:
-        return 0.0
-    if keep_cols.size == 0:
-        return 1.0
-    g_kk = gram[np.ix_(keep_cols, keep_cols)]
-    g_ka = gram[keep_cols]  # [K, d]
-    b = g_ka @ weight.T  # [K, out]
-    ridge = 1e-9 * (np.trace(g_kk) / max(len(keep_cols), 1) + 1e-30)
-    solved = scipy.linalg.solve(
-        g_kk + ridge * np.eye(len(keep_cols)), b, assume_a="pos", check_finite=False
-    )
-    explained = float(np.sum(b * solved))
-    return max(0.0, (energy - explained) / energy)
-
-
 def prefix_errors(gram: np.ndarray, weight: np.ndarray, column_order: np.ndarray) -> np.ndarray:
     """Relative re-fit error when keeping each prefix of `column_order` (all prefixes at once).
 
@@ -131,14 +113,29 @@ def prefix_errors(gram: np.ndarray, weight: np.ndarray, column_order: np.ndarray
     if energy <= 0:
         return np.zeros(len(column_order) + 1)
     g = gram[np.ix_(column_order, column_order)]
-    ridge = 1e-9 * (np.trace(g) / max(len(column_order), 1) + 1e-30)
-    factor = scipy.linalg.cholesky(
-        g + ridge * np.eye(len(column_order)), lower=True, check_finite=False
-    )
+    factor = _cholesky(g)
     b = gram[column_order] @ weight.T  # [d, out]
     z = scipy.linalg.solve_triangular(factor, b, lower=True, check_finite=False)
     explained = np.concatenate([[0.0], np.cumsum(np.sum(z * z, axis=1))])
     return np.clip((energy - explained) / energy, 0.0, 1.0)
+
+
+def _cholesky(gram: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a PSD Gram, with the smallest jitter that makes it PD.
+
+    Gram matrices of real activations are often singular (an input pixel that is
+    always zero, a dead channel); a relative jitter of 1e-9..1e-3 of the mean
+    diagonal changes the re-fit errors far below what the allocation can see.
+    """
+    scale = float(np.trace(gram)) / max(gram.shape[0], 1) or 1.0
+    for jitter in (1e-9, 1e-7, 1e-5, 1e-3):
+        try:
+            return scipy.linalg.cholesky(
+                gram + jitter * scale * np.eye(gram.shape[0]), lower=True, check_finite=False
+            )
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("Gram matrix is not positive semi-definite")
 
 
 def group_curve(

@@ -98,7 +98,7 @@ def test_first_layer_protected_and_layer_ratio(models_dir, calib_path):
 def test_refit_error_equals_direct_least_squares():
     import numpy as np
 
-    from onnxprune.sensitivity import refit_error
+    from onnxprune.sensitivity import prefix_errors
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12))
@@ -108,6 +108,9 @@ def test_refit_error_equals_direct_least_squares():
     solution, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
     direct = np.sum((x[:, keep] @ solution - y) ** 2) / np.sum(y**2)
     assert refit_error(x.T @ x, w, keep) == pytest.approx(direct, rel=1e-6)
+    assert prefix_errors(x.T @ x, w, np.concatenate([keep, np.setdiff1d(np.arange(12), keep)]))[
+        len(keep)
+    ] == pytest.approx(direct, rel=1e-6)
     assert refit_error(x.T @ x, w, np.arange(12)) == pytest.approx(0.0, abs=1e-7)
     assert refit_error(x.T @ x, w, np.array([], dtype=int)) == 1.0
 
@@ -115,7 +118,7 @@ def test_refit_error_equals_direct_least_squares():
 def test_prefix_errors_equal_one_refit_per_prefix():
     import numpy as np
 
-    from onnxprune.sensitivity import prefix_errors, refit_error
+    from onnxprune.sensitivity import prefix_errors
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((300, 10)) @ rng.standard_normal((10, 10))
@@ -124,3 +127,28 @@ def test_prefix_errors_equal_one_refit_per_prefix():
     errors = prefix_errors(gram, w, order)
     for k in range(11):
         assert errors[k] == pytest.approx(refit_error(gram, w, np.sort(order[:k])), abs=1e-7)
+
+
+def refit_error(gram, weight, keep_cols) -> float:
+    """Oracle: relative error of the best re-fit of `weight` on `keep_cols`, one direct solve."""
+    import numpy as np
+
+    energy = float(np.sum(weight * (weight @ gram)))
+    if keep_cols.size == 0:
+        return 1.0
+    b = gram[keep_cols] @ weight.T
+    solved = np.linalg.lstsq(gram[np.ix_(keep_cols, keep_cols)], b, rcond=None)[0]
+    return max(0.0, (energy - float(np.sum(b * solved))) / energy)
+
+
+def test_prefix_errors_survive_a_singular_gram():
+    import numpy as np
+
+    from onnxprune.sensitivity import prefix_errors
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((100, 8))
+    x[:, 3] = 0.0  # an input that is always zero (a blank pixel, a dead channel)
+    x[:, 5] = x[:, 1]  # and a duplicate column
+    errors = prefix_errors(x.T @ x, rng.standard_normal((3, 8)), np.arange(8))
+    assert np.all(np.isfinite(errors)) and errors[-1] == pytest.approx(0.0, abs=1e-6)
