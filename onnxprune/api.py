@@ -128,8 +128,11 @@ def build_passes(
         from onnxprune.criteria import get_criterion
         from onnxprune.passes.allocate import parse_layer_ratio
 
-        if get_criterion(criterion).needs_stats:
+        needs = get_criterion(criterion).needs
+        if needs == "stats":
             passes.append(PASSES["stats"]())
+        elif needs == "saliency":
+            passes.append(PASSES["gradients"](criterion=criterion))
         passes.append(PASSES["score"](criterion=criterion))
         passes.append(
             PASSES["allocate"](
