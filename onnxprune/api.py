@@ -46,6 +46,7 @@ class PruneOptions:
     protect: bool | None = None  # keep layers fed by a model input whole; None: with calib
     target_macs: float | None = None  # fraction of MACs to keep, instead of --filters
     layer_ratio: tuple[str, ...] = ()  # "GLOB=R" overrides
+    accelerator: str | None = "generic-45nm"  # estimate section of the report; None: skip
     max_drop: float | None = None  # fidelity guard: largest allowed top-1 (agreement) drop
     # connection pruning (issue 4); see docs/connection-pruning.md
     weights: float = 0.0  # fraction of each layer's weights set to zero
@@ -119,6 +120,10 @@ def build_passes(
         PASSES["groups"](),
     ]
     criterion = options.resolved_criterion()
+    if options.accelerator:
+        from onnxprune.estimate import load_profile
+
+        load_profile(options.accelerator)  # a bad profile fails before any work
     if options.target_macs is not None and options.filters:
         raise UsageError("give either --filters or --target-macs, not both")
     filter_ratios, weight_ratios = options.layer_ratios()
@@ -166,7 +171,7 @@ def build_passes(
     passes += weight_passes[:1]
     passes += [
         PASSES["verify"](),
-        PASSES["report"](command=tuple(command), options=recorded),
+        PASSES["report"](command=tuple(command), options=recorded, accelerator=options.accelerator),
     ]
     passes += weight_passes[1:]
     if output is not None:

@@ -257,6 +257,9 @@ def main() -> None:
     is_flag=True,
     help="Store pruned weights as ONNX sparse initializers so the model file shrinks.",
 )
+@click.option("--accelerator", default="generic-45nm", show_default=True,
+              help="Profile (NAME or FILE.toml) of the report's on-chip fit and energy section; "
+                   "'none' to skip it.")
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
@@ -293,6 +296,7 @@ def prune_command(
     bsr_block: str | None,
     eie_pes: int,
     sparse_initializers: bool,
+    accelerator: str,
     verbose: int,
     quiet: bool,
 ) -> None:
@@ -325,6 +329,7 @@ def prune_command(
             layer_ratio=tuple(layer_ratio),
             labels=str(labels) if labels else None,
             max_drop=max_drop,
+            accelerator=None if accelerator.lower() == "none" else accelerator,
             weights=weights,
             weight_criterion=weight_criterion,
             nm=nm,
@@ -439,3 +444,8 @@ def sensitivity_command(
     click.echo(json.dumps(result, indent=2) if as_json else format_sensitivity(result))
     if plot_path:
         click.echo(f"wrote {plot_path}")
+
+
+from onnxprune.estimate_cli import estimate_command  # noqa: E402 - after main is defined
+
+main.add_command(estimate_command)

@@ -142,6 +142,7 @@ def format_table(report: Mapping[str, Any]) -> str:
                 f"fidelity '{out['output']}' on {fid['samples']} {fid['inputs']} inputs: "
                 f"cosine {out['cosine_similarity']:.4f}, max |diff| {out['max_abs_diff']:.3g}{top1}"
             )
+    lines += _estimate_lines(report.get("estimate"))
     lines.append(f"time: {sum(report['timings'].values()):.2f} s")
     return "\n".join(lines)
 
@@ -164,3 +165,29 @@ def _sparsity_lines(section: Mapping[str, Any] | None) -> list[str]:
             + (f" in {where}" if where else "")
         )
     return lines
+
+
+def _estimate_lines(section: Mapping[str, Any] | None) -> list[str]:
+    """Energy per inference and on-chip fit, before and after (onnxprune.estimate)."""
+    if not section:
+        return []
+    b, a = section["before"], section["after"]
+
+    def fit(e: Mapping[str, Any]) -> str:
+        return (
+            "all weights on chip"
+            if e["fit"]["on_chip"]
+            else (f"{_human(e['dram_bytes_per_inference'])}B/inference from DRAM")
+        )
+
+    return [
+        f"energy/inference on {section['accelerator']}: {_joules(b['energy_pj']['total'])} -> "
+        f"{_joules(a['energy_pj']['total'])}; before: {fit(b)}; after: {fit(a)}"
+    ]
+
+
+def _joules(picojoules: float) -> str:
+    for unit, scale in (("J", 1e12), ("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)):
+        if picojoules >= scale:
+            return f"{picojoules / scale:.3g} {unit}"
+    return f"{picojoules:.3g} pJ"

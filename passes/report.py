@@ -13,6 +13,7 @@ class ReportPass(Pass):
     params = {
         "command": Param(tuple, (), "the command line, recorded for replay"),
         "options": Param(dict, {}, "the options, recorded for replay"),
+        "accelerator": Param(str, "generic-45nm", "profile of the estimate section; None: none"),
     }
     requires = ("source", "original", "pruned", "groups")
     provides = ("report",)
@@ -38,3 +39,9 @@ class ReportPass(Pass):
                 else None
             ),
         )
+        if self.options["accelerator"]:
+            from onnxprune.estimate import before_after
+
+            ctx.report["estimate"] = before_after(
+                ctx.original, ctx.pruned, self.options["accelerator"], ctx.input_shapes
+            )

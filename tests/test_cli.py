@@ -253,6 +253,10 @@ BAD_INPUTS = {
             _write(w / "c.npz", b"not a zip"),
         ],
     ),
+    "unknown accelerator": (
+        2,
+        lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "--accelerator", "tpu-9000"],
+    ),
     "bad input shape flag": (
         2,
         lambda w: [w / "vgg_digits.onnx", "--filters", "0.5", "--input-shape", "input:1,x"],
@@ -449,3 +453,44 @@ def test_sensitivity_command(workdir):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = invoke("sensitivity", workdir / "resnet_digits.onnx")
     assert missing.exit_code == 2  # --calib is required
+
+
+def test_report_estimate_section(workdir):
+    report = workdir / "r.json"
+    result = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.5",
+        "-o",
+        workdir / "o.onnx",
+        "--report",
+        report,
+        "--accelerator",
+        "nvdla-small",
+    )
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["estimate"]
+    assert section["accelerator"] == "nvdla-small"
+    before, after = section["before"], section["after"]
+    assert after["params"]["nonzero"] < before["params"]["nonzero"]
+    assert after["energy_pj"]["total"] < before["energy_pj"]["total"]
+    assert "energy/inference on nvdla-small" in result.output
+    skipped = invoke(
+        workdir / "vgg_digits.onnx",
+        "--filters",
+        "0.5",
+        "-o",
+        workdir / "p.onnx",
+        "--report",
+        report,
+        "--accelerator",
+        "none",
+        "-q",
+    )
+    assert skipped.exit_code == 0 and "estimate" not in json.loads(report.read_text())
+
+
+def test_estimate_command_is_registered(workdir):
+    result = invoke("estimate", workdir / "vgg_digits.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["macs"]["dense"] > 0
