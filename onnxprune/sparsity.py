@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from onnxprune.errors import UsageError, VerificationError
-from onnxprune.sparse import DEFAULT_FORMATS, analyze, get_format, matrix_shape
+from onnxprune.sparse import (
+    DEFAULT_FORMATS,
+    BlockShapeError,
+    EIEPointerError,
+    analyze,
+    get_format,
+    matrix_shape,
+)
 from onnxprune.sparse.options import DEFAULT_INDEX_BITS, Options
 from onnxprune.sparse.store import _check_target
 from onnxprune.sparse.values import quantized_dense, value_type
@@ -208,7 +215,7 @@ def analyze_blobs(
                     block=block,
                     n_pe=n_pe,
                 )
-            except UsageError as exc:  # BSR block or EIE pointers cannot hold this tensor
+            except (BlockShapeError, EIEPointerError) as exc:  # this format cannot hold it
                 skipped[fmt] = str(exc)
                 continue
             written[fmt] = stats.to_json()
@@ -273,6 +280,7 @@ def blob_section(
                 "vs_dense": round(info["bytes"] / row["dense_bytes"], 6)
                 if row["dense_bytes"]
                 else None,
+                "header_bytes": info["header_bytes"],
                 "index_bytes": info["index_bytes"],
                 "value_bytes": info["value_bytes"],
                 "overhead_bytes": info["bytes"] - info["nnz"] * value_bytes,
