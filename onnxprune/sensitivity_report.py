@@ -25,8 +25,7 @@ def sensitivity(
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
     """Relative re-fit error of each prunable group's consumers at ratios 0, step, ..."""
-    from onnxprune.criteria import get_criterion
-    from onnxprune.passes import PASSES
+    from onnxprune.passes import PASSES, scoring_passes
 
     ctx = Context(input_shapes=dict(input_shapes or {}))
     passes = [
@@ -35,12 +34,7 @@ def sensitivity(
         PASSES["calibrate"](calib=calib, samples=samples, batch_size=batch_size),
         PASSES["groups"](),
     ]
-    needs = get_criterion(criterion).needs
-    if needs == "stats":
-        passes.append(PASSES["stats"]())
-    elif needs == "saliency":
-        passes.append(PASSES["gradients"](criterion=criterion))
-    passes.append(PASSES["score"](criterion=criterion))
+    passes += scoring_passes(criterion)
     run_pipeline(passes, ctx)
     groups = [g for g in ctx.groups if g.prunable]
     consumers = {g.id: consumers_of(g, ctx.original) for g in groups}

@@ -44,4 +44,17 @@ PASSES = {
     )
 }
 
-__all__ = ["PASSES"]
+
+def scoring_passes(criterion: str) -> list:
+    """The passes that score channels under `criterion`: its evidence pass, then score."""
+    from onnxprune.criteria import get_criterion
+
+    needs = get_criterion(criterion).needs
+    if needs == "stats":
+        return [StatsPass(), ScorePass(criterion=criterion)]
+    if needs == "saliency":
+        return [GradientsPass(criterion=criterion), ScorePass(criterion=criterion)]
+    return [ScorePass(criterion=criterion)]
+
+
+__all__ = ["PASSES", "scoring_passes"]

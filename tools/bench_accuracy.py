@@ -64,8 +64,14 @@ def accuracy(model, data) -> float:
 def run_one(name: str, **options) -> dict:
     start = time.perf_counter()
     with OrtTimer() as timer:
-        result = onnxprune.prune(MODELS / name, calib=str(CALIB), calib_samples=256,
-                                 write=False, command=["bench"], **options)
+        result = onnxprune.prune(
+            MODELS / name,
+            calib=str(CALIB),
+            calib_samples=256,
+            write=False,
+            command=["bench"],
+            **options,
+        )
     wall = time.perf_counter() - start
     report = result.report
     return {
@@ -86,22 +92,31 @@ def one_ort_pass(name: str) -> float:
     return time.perf_counter() - start
 
 
-def grid(eval_data, ratios) -> str:
+def grid(eval_data, ratios, criteria=CRITERIA) -> str:
     rows = []
     for name in ("vgg_digits.onnx", "resnet_digits.onnx"):
         dense = accuracy(onnxprune.prune(MODELS / name, write=False).reference, eval_data)
         for ratio in ratios:
-            for crit in CRITERIA:
+            for crit in criteria:
                 cells = [name.split("_")[0], ratio, crit, f"{dense:.3f}"]
-                for opts in ({"reconstruct": False, "uniform": True},
-                             {"reconstruct": True, "uniform": True},
-                             {"reconstruct": True, "uniform": False}):
+                for opts in (
+                    {"reconstruct": False, "uniform": True},
+                    {"reconstruct": True, "uniform": True},
+                    {"reconstruct": True, "uniform": False},
+                ):
                     r = run_one(name, filters=ratio, criterion=crit, **opts)
                     cells.append(f"{accuracy(r['model'], eval_data):.3f} ({r['macs']:.2f})")
                 rows.append(cells)
                 print(*cells, flush=True)
-    header = ["model", "--filters", "criterion", "dense", "no repair, uniform",
-              "LS repair, uniform", "LS repair, sensitivity"]
+    header = [
+        "model",
+        "--filters",
+        "criterion",
+        "dense",
+        "no repair, uniform",
+        "LS repair, uniform",
+        "LS repair, sensitivity",
+    ]
     return markdown_table(header, rows)
 
 
@@ -123,12 +138,26 @@ def timing() -> str:
     for name in ("vgg_digits.onnx", "resnet_digits.onnx"):
         base = min(one_ort_pass(name) for _ in range(3))
         r = min((run_one(name, filters=0.5) for _ in range(2)), key=lambda x: x["wall"])
-        rows.append([name.split("_")[0], f"{base * 1000:.1f} ms", f"{r['wall']:.2f} s",
-                     f"{r['ort_share'] * 100:.0f}%", f"{3 * base + 2:.2f} s"])
+        rows.append(
+            [
+                name.split("_")[0],
+                f"{base * 1000:.1f} ms",
+                f"{r['wall']:.2f} s",
+                f"{r['ort_share'] * 100:.0f}%",
+                f"{3 * base + 2:.2f} s",
+            ]
+        )
         print(*rows[-1], flush=True)
-    return markdown_table(["model", "one ORT pass (256 samples)", "prune --filters 0.5 "
-                           "(energy, sensitivity, LS repair)", "time in ORT run()",
-                           "target 3×pass+2 s"], rows)
+    return markdown_table(
+        [
+            "model",
+            "one ORT pass (256 samples)",
+            "prune --filters 0.5 (energy, sensitivity, LS repair)",
+            "time in ORT run()",
+            "target 3×pass+2 s",
+        ],
+        rows,
+    )
 
 
 MEMORY_CHILD = """
@@ -150,9 +179,19 @@ def memory(tmp: Path) -> str:
         folder = tmp / f"calib{n}"
         folder.mkdir(parents=True, exist_ok=True)
         out = subprocess.run(
-            [sys.executable, "-c", MEMORY_CHILD, str(n), str(CALIB), str(folder / "input.npy"),
-             str(MODELS / "resnet_digits.onnx"), str(folder)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-c",
+                MEMORY_CHILD,
+                str(n),
+                str(CALIB),
+                str(folder / "input.npy"),
+                str(MODELS / "resnet_digits.onnx"),
+                str(folder),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
         rows.append([n, f"{int(out[1]) / 1024:.0f} MiB"])
         print(*rows[-1], flush=True)
@@ -167,22 +206,30 @@ def main() -> None:
         eval_data = {k: f[k] for k in f.files}
     ratios = (0.5,) if args.quick else (0.3, 0.5, 0.7)
     command = "python tools/bench_accuracy.py" + (" --quick" if args.quick else "")
-    intro = (f"Command: `{command}` ({machine()}). Held-out top-1 on the 500 evaluation "
-             "images of `models/digits_eval.npz`; 256 calibration images; each cell is "
-             "top-1 (fraction of MACs kept). No retraining anywhere.\n\n")
+    intro = (
+        f"Command: `{command}` ({machine()}). Held-out top-1 on the 500 evaluation "
+        "images of `models/digits_eval.npz`; 256 calibration images; each cell is "
+        "top-1 (fraction of MACs kept). No retraining anywhere.\n\n"
+    )
     update_section("Accuracy without retraining (issue 7)", intro + grid(eval_data, ratios))
-    update_section("Uniform vs sensitivity allocation at equal MACs (issue 7)",
-                   f"Command: `{command}`. Cells: top-1 (fraction of MACs kept); criterion "
-                   "energy, LS repair.\n\n" + equal_macs(eval_data))
-    update_section("Pipeline time (issue 7)",
-                   f"Command: `{command}`. Best of 2 runs; machine shared with other work "
-                   "may inflate times.\n\n" + timing())
+    update_section(
+        "Uniform vs sensitivity allocation at equal MACs (issue 7)",
+        f"Command: `{command}`. Cells: top-1 (fraction of MACs kept); criterion "
+        "energy, LS repair.\n\n" + equal_macs(eval_data),
+    )
+    update_section(
+        "Pipeline time (issue 7)",
+        f"Command: `{command}`. Best of 2 runs; machine shared with other work "
+        "may inflate times.\n\n" + timing(),
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        update_section("Peak memory vs calibration samples (issue 7)",
-                       f"Command: `{command}`. Calibration as a memory-mapped `.npy` folder; "
-                       "peak RSS of the whole process.\n\n" + memory(Path(tmp)))
+        update_section(
+            "Peak memory vs calibration samples (issue 7)",
+            f"Command: `{command}`. Calibration as a memory-mapped `.npy` folder; "
+            "peak RSS of the whole process.\n\n" + memory(Path(tmp)),
+        )
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
