@@ -63,8 +63,9 @@ def through_reshape(
     block the channel's element set is enumerated and we look for an output axis
     whose coordinate alone decides membership. That covers Flatten into a fully
     connected layer (one channel -> a block of features), its inverse, and any
-    reshape that keeps the channel on an axis of its own; a channel split across
-    two output axes (channel shuffle) is Unmappable.
+    reshape that keeps the channel on an axis of its own. A channel split across two
+    output axes (a channel shuffle) asks for units of one channel per group (Regroup);
+    anything else is Unmappable.
     """
     split = _trailing_blocks(in_dims, out_dims, axis)
     if split is None:
@@ -93,9 +94,31 @@ def through_reshape(
         )
         if np.array_equal(expected, members):
             return out_axis + out_head, chosen
+    _merge_for_shuffle(coords, out_rest)
     raise Unmappable(
         f"reshape {list(in_dims)} -> {list(out_dims)} spreads a channel over several axes"
     )
+
+
+def _merge_for_shuffle(coords: tuple[np.ndarray, ...], out_rest: list[int]) -> None:
+    """A channel axis factored into several axes ([N, g, C/g, ...], a channel shuffle).
+
+    Each channel sits at one coordinate of every factor; merging the channels that
+    share their coordinate on the largest factor gives units (one channel of every
+    shuffle group, same offset) that own whole slices of that axis. Removing such
+    units keeps the groups equal, which is what the shuffle needs.
+    """
+    for axis in sorted(range(len(out_rest)), key=lambda a: -out_rest[a]):
+        c = coords[axis]
+        if c.shape[1] and (c == c[:, :1]).all():
+            labels = c[:, 0]
+            if np.unique(labels).size < labels.size:
+                raise Regroup(
+                    "merge",
+                    labels,
+                    "a reshape splits the channel axis (channel shuffle); a unit is one "
+                    "channel of every group",
+                )
 
 
 def _all_elements_with(dims: list[int], axis: int, positions: np.ndarray) -> np.ndarray:

@@ -117,7 +117,9 @@ def test_shared_weight_blocks(tmp_path):
     assert not result.plan.groups
 
 
-def test_channel_shuffle_is_blocked_not_guessed(tmp_path):
+def test_channel_shuffle_is_mapped_exactly_not_guessed(tmp_path):
+    """Reshape->Transpose->Reshape moves channel j of group i to j*g + i: units of one
+    channel per group follow that permutation exactly (and the oracle proves it)."""
     b = GraphBuilder()
     x = b.conv("x", 3, 8)
     r = b.op("Reshape", [x, b.const(np.array([0, 2, 4, 4, 4], dtype=np.int64))])
@@ -125,7 +127,11 @@ def test_channel_shuffle_is_blocked_not_guessed(tmp_path):
     s = b.op("Reshape", [t, b.const(np.array([0, 8, 4, 4], dtype=np.int64))])
     y = b.conv(s, 8, 2)
     result = _oracle(tmp_path, b.model({"x": ["N", 3, 4, 4]}, [y]))
-    assert any("several axes" in r for r in _reasons(result)), _reasons(result)
+    group = next(g for g in result.groups if g.roots == ["Conv_1"])
+    assert group.prunable and group.channels == 4
+    assert group.tensors[0].positions.tolist()[1] == [1, 5]  # channel 1 of both groups
+    shuffled = next(t for t in group.tensors if t.tensor == s)
+    assert shuffled.positions.tolist()[1] == [2, 3]  # lands next to each other
 
 
 def test_weights_in_constant_nodes_and_behind_identity(tmp_path):

@@ -69,9 +69,16 @@ def test_through_reshape_follows_units_through_a_channel_shuffle():
     assert axis == 1 and pos.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
 
 
-def test_through_reshape_refuses_to_split_a_plain_channel():
-    with pytest.raises(Unmappable):
+def test_through_reshape_asks_for_units_at_a_channel_shuffle():
+    with pytest.raises(Regroup) as info:
         through_reshape(("N", 8, 2, 2), 1, identity(8), ("N", 2, 4, 2, 2))
+    assert info.value.mode == "merge"
+    assert info.value.labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3]  # c and c + 4 together
+
+
+def test_through_reshape_refuses_to_tear_a_channel():
+    with pytest.raises(Unmappable):
+        through_reshape(("N", 3, 2), 1, identity(3), ("N", 2, 3))
 
 
 def test_canonical_sorts_rows():

@@ -140,9 +140,21 @@ def test_shufflenet_unit_maps_the_shuffle_exactly(tmp_path):
     assert targets[reshape[0].input[1]][2] == 2 and targets[reshape[1].input[1]][1] == 4
 
 
-def test_shuffle_of_plain_channels_is_blocked_with_reason(tmp_path):
+def test_shuffle_of_plain_channels_prunes_in_units(tmp_path):
     b = GraphBuilder()
     x = b.conv("x", 3, 8, k=1)
     y = b.conv(_shuffle(b, x, 8, 2, 4), 8, 2)
     result = prune_and_check(b.model({"x": ["N", 3, 4, 4]}, [y]), tmp_path)
-    assert any("several axes" in r for r in blocked_reasons(result))
+    group = next(g for g in result.groups if g.roots == ["Conv_1"])
+    assert group.prunable and group.tensors[0].positions.shape == (4, 2)
+
+
+def test_reshape_that_tears_a_channel_blocks(tmp_path):
+    """[N, 3, 2] -> [N, 2, 3]: channel 1 lands on two rows and two columns."""
+    b = GraphBuilder()
+    h = b.op("MatMul", ["x", b.weight([4, 3])])  # [N, 2, 3]
+    t = b.op("Transpose", [h], perm=[0, 2, 1])  # channels on axis 1: [N, 3, 2]
+    r = b.op("Reshape", [t, b.const(np.array([0, 2, 3], dtype=np.int64))])
+    y = b.op("MatMul", [r, b.weight([3, 2])])
+    result = prune_and_check(b.model({"x": ["N", 2, 4]}, [y]), tmp_path)
+    assert any("several axes" in r for r in blocked_reasons(result)), blocked_reasons(result)
