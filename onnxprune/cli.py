@@ -180,7 +180,9 @@ def main() -> None:
     "--layer-ratio",
     multiple=True,
     metavar="GLOB=R",
-    help="Fixed ratio R for groups with a node matching GLOB (repeatable).",
+    help="Fixed ratio R for groups with a node matching GLOB (repeatable). With --weights: "
+    "the sparsity of layers whose node or weight matches; prefix filters: or weights: to "
+    "say which when both are given.",
 )
 @click.option(
     "--labels",
