@@ -210,11 +210,10 @@ def _matches(pattern: str, node: str, weight: str) -> bool:
 def _layer(node: onnx.NodeProto, weight: str, inits, readers) -> Layer:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     dims = list(inits[weight].dims)
-    view = (
-        {"Conv": "conv", "ConvTranspose": "conv_t", "MatMul": "fc_t"}[node.op_type]
-        if (node.op_type != "Gemm")
-        else ("fc" if attrs.get("transB", 0) else "fc_t")
-    )
+    if node.op_type == "Gemm":
+        view = "fc" if attrs.get("transB", 0) else "fc_t"
+    else:
+        view = {"Conv": "conv", "ConvTranspose": "conv_t", "MatMul": "fc_t"}[node.op_type]
     layer = Layer(node.name, node.op_type, weight, node.input[0], node.output[0], view, attrs)
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if bias in inits and len(inits[bias].dims) == 1 and readers.get(bias, 0) == 1:
@@ -327,13 +326,15 @@ def prune_connections(
     dense = {name: value.copy() for name, value in params.items()}
     _prune_plain(plain, targets, config, params, records)
     if with_stats:
-        stat_layers = [_stat_layer(la, config, params) for la in with_stats]
-        solve = partial(_prune_layer, config=config, targets=targets, params=params)
         by_node = {la.node: la for la in with_stats}
+
+        def solve(sl: StatLayer, sums: Sums) -> None:
+            records[sl.node] = _prune_layer(by_node[sl.node], sl, sums, config, targets, params)
+
         prune_sequential(
             model,
-            stat_layers,
-            lambda sl, sums: records.__setitem__(sl.node, solve(by_node[sl.node], sl, sums)),
+            [_stat_layer(la, config, params) for la in with_stats],
+            solve,
             params,
             dense,
             batches,
@@ -445,7 +446,7 @@ def _stat_layer(la: Layer, config: WeightsConfig, params) -> StatLayer:
     )
 
 
-def _prune_layer(layer: Layer, sl: StatLayer, sums: Sums, *, config, targets, params):
+def _prune_layer(layer: Layer, sl: StatLayer, sums: Sums, config, targets, params) -> dict:
     """Prune one layer from its statistics; update params; return its report record."""
     target, w = targets[layer.node], params[layer.weight]
     rec = _record(layer, target, config.criterion, w.shape)
