@@ -75,3 +75,38 @@ def test_reconstruction_recovers_accuracy(models_dir, calib_path, eval_data, mod
     fits = repaired.report["reconstruction"]
     assert fits and all(f["relative_error_after"] <= f["relative_error_before"] for f in fits)
     assert repaired.report["params"]["after"] <= plain.report["params"]["after"]
+
+
+def test_constant_channel_is_compensated_exactly(models_dir, calib_path, eval_data, tmp_path):
+    """A hidden unit that is constant (ReLU of a bias) is folded into the next bias exactly."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(models_dir / "vgg_digits.onnx"))
+    hidden = next(n for n in model.graph.node if n.name == "/classifier/classifier.1/Gemm")
+    inits = {i.name: i for i in model.graph.initializer}
+    weight = numpy_helper.to_array(inits[hidden.input[1]]).copy()  # [128, 256], transB=1
+    bias = numpy_helper.to_array(inits[hidden.input[2]]).copy()
+    weight[7] = 0.0  # unit 7 ignores its input ...
+    bias[7] = 0.75  # ... and always outputs ReLU(0.75) = 0.75
+    inits[hidden.input[1]].CopyFrom(numpy_helper.from_array(weight, hidden.input[1]))
+    inits[hidden.input[2]].CopyFrom(numpy_helper.from_array(bias, hidden.input[2]))
+    path = tmp_path / "constant.onnx"
+    onnx.save(model, str(path))
+
+    common = dict(
+        calib=str(calib_path),
+        criterion="l1",
+        uniform=True,
+        protect=False,
+        layer_ratio=("*classifier.1*=0.008",),
+        write=False,
+    )  # exactly one unit
+    repaired = prune(path, **common)
+    plain = prune(path, reconstruct=False, **common)
+    group = next(g for g in repaired.plan.groups if "/classifier/classifier.1/Gemm" in g.roots)
+    assert group.removed == [7]
+    feeds = {"input": eval_data["input"][:200]}
+    dense = run(model, feeds)[0]
+    assert_outputs_close([dense], run(repaired.model, feeds), rtol=1e-5)
+    assert not np.allclose(dense, run(plain.model, feeds)[0], atol=1e-3)
