@@ -259,9 +259,13 @@ def main() -> None:
     is_flag=True,
     help="Store pruned weights as ONNX sparse initializers so the model file shrinks.",
 )
-@click.option("--accelerator", default="generic-45nm", show_default=True,
-              help="Profile (NAME or FILE.toml) of the report's on-chip fit and energy section; "
-                   "'none' to skip it.")
+@click.option(
+    "--accelerator",
+    default="generic-45nm",
+    show_default=True,
+    help="Profile (NAME or FILE.toml) of the report's on-chip fit and energy section; "
+    "'none' to skip it.",
+)
 @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no table.")
 def prune_command(
