@@ -118,6 +118,10 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     light.graph.name = graph.name
     light.graph.node.extend(graph.node)
     light.graph.input.extend(graph.input)
+    for inp in light.graph.input:  # -1 written as a dim value means unknown, not -1
+        for d in inp.type.tensor_type.shape.dim:
+            if d.HasField("dim_value") and d.dim_value <= 0:
+                d.Clear()
     light.graph.output.extend(graph.output)
     light.graph.value_info.extend(graph.value_info)
     declared = {i.name for i in graph.input}

@@ -944,6 +944,9 @@ def resize(visit: Visit) -> Coupling:
     if sizes_input is not None and np.asarray(sizes_input.values).size:
         if node.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise Blocked(f"Resize '{node.name}' keeps the aspect ratio across the channel axis")
+        wanted = int(np.asarray(sizes_input.values).reshape(-1)[entry])
+        if wanted != visit.dim(node.inputs[0], visit.axis):
+            raise Blocked(f"Resize '{node.name}' scales the channel axis")
         coupling.fixes.append(
             ShapeFix(node.name, sizes_input.name, entry, node.outputs[0].name, visit.axis)
         )
