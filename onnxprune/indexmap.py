@@ -206,7 +206,7 @@ def expand_blocks(positions: np.ndarray, m: int) -> np.ndarray:
 
 def collapse_blocks(positions: np.ndarray, m: int) -> np.ndarray:
     """Inverse of expand_blocks: rows must hold whole blocks of m (else merge or block)."""
-    return _collapse(positions, positions // m, m, f"a block of size {m}")
+    return _collapse(positions, positions // m, m, f"a block of {m} channels")
 
 
 def expand_strided(positions: np.ndarray, n: int, r: int) -> np.ndarray:
@@ -223,7 +223,7 @@ def collapse_strided(positions: np.ndarray, n: int, r: int) -> np.ndarray:
     """
     if positions.size and int(positions.max()) >= n * r:
         raise Unmappable(f"positions exceed {r} slabs of {n}")
-    return _collapse(positions, positions % n, r, f"{r} equal slabs")
+    return _collapse(positions, positions % n, r, f"one channel in each of {r} groups")
 
 
 def _collapse(positions: np.ndarray, targets: np.ndarray, full: int, what: str) -> np.ndarray:
@@ -237,9 +237,7 @@ def _collapse(positions: np.ndarray, targets: np.ndarray, full: int, what: str) 
     flat = targets.reshape(-1)
     uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     if (counts != full).any():
-        raise Unmappable(
-            f"a channel needs all positions of {what}, and some of them lie outside the group"
-        )
+        raise Unmappable(f"a unit of {what} needs channels that lie outside this group")
     rows = np.repeat(np.arange(rows_n), positions.shape[1])
     low = np.full(len(uniq), rows_n, dtype=np.int64)
     high = np.full(len(uniq), -1, dtype=np.int64)
@@ -250,7 +248,7 @@ def _collapse(positions: np.ndarray, targets: np.ndarray, full: int, what: str) 
             (np.ones(len(rows)), (rows, inverse.reshape(-1))), shape=(rows_n, len(uniq))
         ).tocsr()
         _, labels = connected_components(incidence @ incidence.T, directed=False)
-        raise Regroup("merge", labels, f"channels must be pruned as whole units of {what}")
+        raise Regroup("merge", labels, f"channels must go in units of {what}")
     return np.sort(targets, axis=1)[:, ::full]
 
 

@@ -479,8 +479,7 @@ def _grouped(node: gs.Node, groups: int, fn: Callable[[], np.ndarray]) -> np.nda
     except Unmappable as exc:
         raise Blocked(
             f"{node.op} '{node.name}' (group={groups}): removing channels must keep its groups "
-            "equal, and the channels that would have to go along belong to another group "
-            f"({exc})"
+            f"equal; {exc}"
         ) from exc
 
 
