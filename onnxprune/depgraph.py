@@ -17,6 +17,7 @@ the positions arrays say which part.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ import onnx_graphsurgeon as gs
 from onnxprune.graph import Shape, subgraph_references
 from onnxprune.indexmap import Regroup, canonical
 from onnxprune.oprules import ROOTS, RULES, Blocked, Coupling, Fix, ParamSlice, Visit
+
+log = logging.getLogger("onnxprune")
+ANALYSIS_FAILED = "could not be analysed (internal error in its rule)"
 
 
 @dataclass(eq=False)
@@ -217,6 +221,11 @@ class _GroupBuilder:
                     coupling = self._apply(node, side, index, t_axis, positions)
                 except Blocked as exc:
                     group.block(str(exc), node.name)
+                    continue
+                except (ValueError, IndexError, KeyError, TypeError) as exc:
+                    # A rule bug must not cost the user the whole run: this group stays.
+                    log.debug("rule for %s '%s' failed", node.op, node.name, exc_info=True)
+                    group.block(f"{node.op} '{node.name}' {ANALYSIS_FAILED} ({exc!r})", node.name)
                     continue
                 except Regroup as exc:
                     exc.node = node.name

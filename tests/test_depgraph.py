@@ -148,3 +148,19 @@ def test_weights_in_constant_nodes_and_behind_identity(tmp_path):
     result = _oracle(tmp_path, b.model({"x": ["N", 3, 4, 4]}, [y]))
     assert [g.roots for g in result.plan.groups] == [["Conv_2"]]
     assert not any(n.op_type in ("Constant", "Identity") for n in result.model.graph.node)
+
+
+def test_a_failing_rule_blocks_its_group_not_the_run(tmp_path, monkeypatch):
+    from onnxprune import oprules
+    from onnxprune.depgraph import ANALYSIS_FAILED
+
+    def broken(visit):
+        raise IndexError("bug")
+
+    monkeypatch.setitem(oprules.RULES, "Sigmoid", broken)
+    b = GraphBuilder()
+    a = b.conv(b.op("Sigmoid", [b.conv("x", 3, 4)]), 4, 2)
+    c = b.conv(b.op("Relu", [b.conv("x", 3, 4)]), 4, 2)
+    result = _oracle(tmp_path, b.model({"x": ["N", 3, 4, 4]}, [b.op("Add", [a, c])]))
+    assert any(ANALYSIS_FAILED in r for r in _reasons(result))
+    assert [g.roots for g in result.plan.groups if g.removed] == [["Conv_5"]]

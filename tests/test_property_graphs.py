@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from onnxprune.depgraph import ANALYSIS_FAILED
 from tests.graphs import GraphBuilder
 from tests.helpers import prune_and_check
 
@@ -177,6 +178,7 @@ def test_random_graph_prunes_to_the_masked_original_or_declines(tmp_path, data):
     result = prune_and_check(model, tmp_path, ratio=ratio, mask=False, must_change=False)
     for group in result.groups:
         assert group.prunable or group.blocked.strip()
+        assert ANALYSIS_FAILED not in (group.blocked or ""), group.blocked
         if not group.prunable:
             event(f"blocked: {group.blocked.split(' ')[0]}")
     event(f"groups pruned: {sum(1 for g in result.plan.groups if g.removed)}")
