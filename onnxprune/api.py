@@ -130,15 +130,10 @@ def build_passes(
     weight_passes = _weight_passes(options, output, weight_ratios)
     structured = bool(options.filters) or options.target_macs is not None or bool(filter_ratios)
     if options.plan is None:
-        from onnxprune.criteria import get_criterion
+        from onnxprune.passes import scoring_passes
         from onnxprune.passes.allocate import parse_layer_ratio
 
-        needs = get_criterion(criterion).needs
-        if needs == "stats":
-            passes.append(PASSES["stats"]())
-        elif needs == "saliency":
-            passes.append(PASSES["gradients"](criterion=criterion))
-        passes.append(PASSES["score"](criterion=criterion))
+        passes += scoring_passes(criterion)
         passes.append(
             PASSES["allocate"](
                 filters=options.filters,

@@ -25,7 +25,7 @@ class Evidence:
     """What data-driven criteria know about one group's channels."""
 
     stats: ChannelStats | None = None  # activation statistics (stats pass)
-    saliency: Mapping[str, np.ndarray] | None = None  # gradient scores (gradients pass)
+    saliency: Mapping[str, np.ndarray] | None = None  # named scores (gradients, greedy passes)
 
 
 Scorer = Callable[[Group, Mapping[str, np.ndarray], Evidence], np.ndarray]
@@ -35,7 +35,7 @@ Scorer = Callable[[Group, Mapping[str, np.ndarray], Evidence], np.ndarray]
 class Criterion:
     name: str
     description: str
-    needs: str | None  # None, "stats" or "saliency": the pass that must run first
+    needs: str | None  # None, "stats", "saliency" or "greedy": the evidence pass to run first
     score: Scorer
 
     @property
@@ -89,7 +89,7 @@ def _need(evidence: Evidence, name: str) -> ChannelStats:
 
 def _gradient(evidence: Evidence, name: str) -> np.ndarray:
     if evidence.saliency is None or name not in evidence.saliency:
-        raise UsageError(f"criterion '{name}' needs gradients (the gradients pass)")
+        raise UsageError(f"criterion '{name}' needs its evidence pass (gradients or greedy)")
     return np.asarray(evidence.saliency[name], dtype=np.float64)
 
 
@@ -132,6 +132,13 @@ CRITERIA: dict[str, Criterion] = {
             "(Optimal Brain Damage on the consumer's input)",
             "stats",
             lambda g, w, e: 0.5 * _member_mean(g, w, "in", _sum_sq) * _need(e, "obd").energy,
+        ),
+        Criterion(
+            "reconstruction",
+            "ThiNet-style greedy elimination: last removed = most important; removal order "
+            "minimises the consumers' least-squares re-fit error",
+            "greedy",
+            lambda g, w, e: _gradient(e, "reconstruction"),
         ),
         Criterion(
             "snip",

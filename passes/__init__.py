@@ -7,6 +7,7 @@ from onnxprune.passes.blobs import BlobsPass, SparseInitializersPass
 from onnxprune.passes.calibrate import CalibratePass
 from onnxprune.passes.emit import EmitPass
 from onnxprune.passes.gradients import GradientsPass
+from onnxprune.passes.greedy import GreedyPass
 from onnxprune.passes.groups import GroupsPass
 from onnxprune.passes.load import LoadPass
 from onnxprune.passes.mask import MaskPass
@@ -29,6 +30,7 @@ PASSES = {
         GroupsPass,
         StatsPass,
         GradientsPass,
+        GreedyPass,
         ScorePass,
         AllocatePass,
         PlanPass,
@@ -54,6 +56,8 @@ def scoring_passes(criterion: str) -> list:
         return [StatsPass(), ScorePass(criterion=criterion)]
     if needs == "saliency":
         return [GradientsPass(criterion=criterion), ScorePass(criterion=criterion)]
+    if needs == "greedy":
+        return [GreedyPass(), ScorePass(criterion=criterion)]
     return [ScorePass(criterion=criterion)]
 
 

@@ -23,7 +23,7 @@ class ScorePass(Pass):
         criterion = get_criterion(self.options["criterion"])
         if criterion.needs == "stats" and ctx.stats is None:
             raise UsageError(f"criterion '{criterion.name}' needs the stats pass before score")
-        if criterion.needs == "saliency" and ctx.saliency is None:
+        if criterion.needs in ("saliency", "greedy") and ctx.saliency is None:
             raise UsageError(f"criterion '{criterion.name}' needs the gradients pass before score")
         constants = {
             name: np.asarray(t.values)

@@ -8,7 +8,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxprune.criteria import CRITERIA
-from onnxprune.passes import PASSES
+from onnxprune.passes import PASSES, scoring_passes
 from onnxprune.pipeline import Context, run_pipeline
 
 DEAD = 5
@@ -39,7 +39,6 @@ def dead_channel_model(models_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(CRITERIA))
 def test_dead_channel_scores_lowest(dead_channel_model, calib_path, name):
-    criterion = CRITERIA[name]
     ctx = Context()
     passes = [
         PASSES["load"](path=str(dead_channel_model)),
@@ -47,11 +46,7 @@ def test_dead_channel_scores_lowest(dead_channel_model, calib_path, name):
         PASSES["calibrate"](calib=str(calib_path), samples=64),
         PASSES["groups"](),
     ]
-    if criterion.needs == "stats":
-        passes.append(PASSES["stats"]())
-    elif criterion.needs == "saliency":
-        passes.append(PASSES["gradients"](criterion=name))
-    passes.append(PASSES["score"](criterion=name))
+    passes += scoring_passes(name)
     run_pipeline(passes, ctx)
     group = next(g for g in ctx.groups if CONV in g.roots)
     scores = ctx.scores[group.id]
