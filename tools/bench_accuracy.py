@@ -28,7 +28,7 @@ import onnxprune  # noqa: E402
 
 MODELS = ROOT / "models"
 CALIB = MODELS / "digits_calib.npz"
-CRITERIA = ("l1", "l2", "apoz", "mean-act", "energy", "obd")
+CRITERIA = ("l1", "l2", "apoz", "mean-act", "energy", "obd", "reconstruction")
 
 
 class OrtTimer:
@@ -201,10 +201,20 @@ def memory(tmp: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ratio 0.5 only")
+    parser.add_argument("--criteria", help="comma list: only this grid, in its own section")
     args = parser.parse_args()
     with np.load(MODELS / "digits_eval.npz") as f:
         eval_data = {k: f[k] for k in f.files}
     ratios = (0.5,) if args.quick else (0.3, 0.5, 0.7)
+    if args.criteria:
+        chosen = tuple(args.criteria.split(","))
+        command = f"python tools/bench_accuracy.py --criteria {args.criteria}"
+        update_section(
+            f"Accuracy without retraining: {', '.join(chosen)} (issue 7)",
+            f"Command: `{command}` ({machine()}). Columns as in the main accuracy table.\n\n"
+            + grid(eval_data, ratios, chosen),
+        )
+        return
     command = "python tools/bench_accuracy.py" + (" --quick" if args.quick else "")
     intro = (
         f"Command: `{command}` ({machine()}). Held-out top-1 on the 500 evaluation "
