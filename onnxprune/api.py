@@ -31,7 +31,7 @@ class PruneOptions:
     criterion: str | None = None  # None: "energy" with calibration data, else "l1"
     calib: str | None = None  # .npz, folder of .npy, or script.py[:function]
     labels: str | None = None  # .npy of integer labels aligned with the calibration samples
-    calib_samples: int = 256
+    calib_samples: int | None = None  # None: 256 with calibration data, 32 random inputs
     batch_size: int = 32
     exclude: tuple[str, ...] = ()
     round_to: int = 1

@@ -91,7 +91,10 @@ def main() -> None:
     help=".npz of calibration inputs keyed by input name (first axis = samples).",
 )
 @click.option(
-    "--calib-samples", type=int, default=256, show_default=True, help="Calibration samples to use."
+    "--calib-samples",
+    type=int,
+    default=None,
+    help="Calibration samples to use [default: 256 with --calib, 32 random inputs without].",
 )
 @click.option(
     "--batch-size", type=int, default=32, show_default=True, help="Samples per onnxruntime run."
@@ -273,7 +276,7 @@ def prune_command(
     filters: float,
     output: Path | None,
     calib: Path | None,
-    calib_samples: int,
+    calib_samples: int | None,
     batch_size: int,
     criterion: str | None,
     report_path: Path | None,

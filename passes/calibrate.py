@@ -20,7 +20,7 @@ class CalibratePass(Pass):
     params = {
         "calib": Param(str, None, ".npz / folder / script.py[:function] (first axis = samples)"),
         "labels": Param(str, None, ".npy of integer labels aligned with the samples"),
-        "samples": Param(int, 256, "number of calibration samples to use"),
+        "samples": Param(int, None, "samples to use; None: 256 from --calib, 32 random"),
         "batch_size": Param(int, 32, "samples per onnxruntime run"),
         "seed": Param(int, 0, "seed for random inputs"),
     }
@@ -29,6 +29,9 @@ class CalibratePass(Pass):
 
     def run(self, ctx: Context) -> None:
         samples, batch = self.options["samples"], self.options["batch_size"]
+        if samples is None:
+            # Random inputs only check validity; real data drives scoring and repair.
+            samples = 256 if self.options["calib"] else 32
         if samples is not None and samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {samples}")
         if batch < 1:
