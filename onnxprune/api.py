@@ -131,7 +131,7 @@ def build_passes(
     structured = bool(options.filters) or options.target_macs is not None or bool(filter_ratios)
     if options.plan is None:
         from onnxprune.passes import scoring_passes
-        from onnxprune.passes.allocate import parse_layer_ratio
+        from onnxprune.plan import parse_glob_ratio
 
         passes += scoring_passes(criterion)
         passes.append(
@@ -142,7 +142,7 @@ def build_passes(
                 uniform=options.uniform or (not structured and bool(weight_passes)),
                 max_ratio=options.max_ratio,
                 protect=options.protect if options.protect is not None else bool(options.calib),
-                layer_ratio=tuple(parse_layer_ratio(t) for t in filter_ratios),
+                layer_ratio=tuple(parse_glob_ratio(t) for t in filter_ratios),
                 exclude=tuple(options.exclude),
             )
         )

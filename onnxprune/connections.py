@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.errors import UsageError
+from onnxprune.plan import parse_glob_ratio
 from onnxprune.sequential import Batches, StatLayer, Sums, obs_fit, prune_sequential, wanda_fit
 from onnxprune.sparse import to_matrix
 from onnxprune.unstructured import (
@@ -106,18 +107,6 @@ class Target:
 # choosing layers ----------------------------------------------------------------------
 
 
-def parse_weight_ratio(text: str) -> tuple[str, float]:
-    """'GLOB=S' -> (GLOB, S) with S the fraction of the layer's weights removed."""
-    glob, sep, value = text.rpartition("=")
-    try:
-        ratio = float(value)
-    except ValueError:
-        ratio = -1.0
-    if not sep or not glob or not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--layer-ratio '{text}' is not GLOB=S with S in [0, 1)")
-    return glob, ratio
-
-
 def split_layer_ratios(
     texts: Sequence[str], filters_given: bool, weights_given: bool
 ) -> tuple[tuple[str, ...], tuple[tuple[str, float], ...]]:
@@ -132,7 +121,7 @@ def split_layer_ratios(
     for text in texts:
         head, sep, rest = text.partition(":")
         if sep and head == "weights":
-            weights.append(parse_weight_ratio(rest))
+            weights.append(parse_glob_ratio(rest, letter="S"))
         elif sep and head == "filters":
             filters.append(rest)
         elif filters_given and weights_given:
@@ -141,7 +130,7 @@ def split_layer_ratios(
                 f"write 'filters:{text}' or 'weights:{text}'"
             )
         elif weights_given:
-            weights.append(parse_weight_ratio(text))
+            weights.append(parse_glob_ratio(text, letter="S"))
         else:
             filters.append(text)
     return tuple(filters), tuple(weights)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxprune.depgraph import Group
+from onnxprune.errors import UsageError
 
 
 @dataclass
@@ -49,6 +50,20 @@ class Plan:
 
     def for_group(self, gid: int) -> GroupPlan | None:
         return next((g for g in self.groups if g.group == gid), None)
+
+
+def parse_glob_ratio(
+    text: str, flag: str = "--layer-ratio", letter: str = "R"
+) -> tuple[str, float]:
+    """'GLOB=R' -> (GLOB, R) with R in [0, 1); a one-line UsageError otherwise."""
+    glob, sep, value = text.rpartition("=")
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not sep or not glob or not 0.0 <= ratio < 1.0:
+        raise UsageError(f"{flag} '{text}' is not GLOB={letter} with {letter} in [0, 1)")
+    return glob, ratio
 
 
 def kept_count(channels: int, ratio: float, round_to: int) -> int:

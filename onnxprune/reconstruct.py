@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from onnxprune.fidelity import session
+from onnxprune.probe import probe_model
 from onnxprune.unfold import Conv2dGeometry, rows_of, unfold
 
 log = logging.getLogger("onnxprune")
@@ -110,8 +111,9 @@ def solve_ridge(
         return float(np.sum(wm * (gram @ wm)) - 2 * np.sum(wm * cross) + total)
 
     scale = total if total > 0 else 1.0
-    before = residual(w0) / scale
-    after = residual(w) / scale
+    # Sums-based residuals cancel near a perfect fit; an error is never negative.
+    before = max(residual(w0) / scale, 0.0)
+    after = max(residual(w) / scale, 0.0)
     b = (my - mx @ w) if b0 is not None else None
     return w, b, lam, before, after
 
@@ -280,25 +282,6 @@ def _rows_out(layer: Layer, y: np.ndarray) -> np.ndarray:
     return y.reshape(-1, y.shape[-1]) if layer.kind == "matmul" else rows_of(y)
 
 
-def _probe_model(
-    model: onnx.ModelProto, feeds: Sequence[str], fetch: Sequence[str]
-) -> onnx.ModelProto:
-    """A copy whose initializers `feeds` become inputs and whose tensors `fetch` are outputs."""
-    probe = copy.deepcopy(model)
-    inits = {i.name: i for i in probe.graph.initializer}
-    for name in feeds:
-        init = inits[name]
-        info = helper.make_tensor_value_info(name, init.data_type, list(init.dims))
-        probe.graph.input.append(info)
-        probe.graph.initializer.remove(init)
-    existing = {o.name for o in probe.graph.output}
-    for name in fetch:
-        if name not in existing:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-            existing.add(name)
-    return probe
-
-
 def reconstruct(
     pruned: onnx.ModelProto,
     dense: onnx.ModelProto,
@@ -330,9 +313,9 @@ def reconstruct(
             layer.node.input[2] = layer.bias
     params = [p for layer in layers for p in (layer.weight, layer.bias) if p]
     probes = sorted({n for layer in layers for n in (layer.input, *layer.partners)})
-    pruned_sess = session(_probe_model(model, params, probes), probe=True)
+    pruned_sess = session(probe_model(model, params, probes), probe=True)
     targets = sorted({layer.target for layer in layers})
-    dense_sess = session(_probe_model(dense, [], targets), probe=True)
+    dense_sess = session(probe_model(dense, [], targets), probe=True)
     fits: list[LayerFit] = []
     for layer in tqdm(
         layers, desc="reconstruct", unit="layer", disable=not progress or None, leave=False

@@ -13,7 +13,6 @@ ratio costs *after* repair, at the price of one calibration pass.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from onnx import helper, numpy_helper
 from onnxprune.depgraph import Group
 from onnxprune.fidelity import session
 from onnxprune.plan import kept_count
+from onnxprune.probe import probe_model
 from onnxprune.unfold import Conv2dGeometry, unfold
 
 
@@ -78,12 +78,8 @@ def gram_matrices(
     batches: Iterable[dict[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
     """XᵀX of every consumer's unfolded input, accumulated batch by batch (float64)."""
-    probe = copy.deepcopy(model)
     names = sorted({c.input for c in consumers})
-    existing = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in existing:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
+    probe = probe_model(model, fetch=names)
     sess = session(probe, probe=True)
     grams: dict[str, np.ndarray] = {}
     for feeds in batches:

@@ -24,7 +24,6 @@ calibration data (a wave); sums are accumulated batch by batch.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from typing import Any
 import numpy as np
 import onnx
 import scipy.linalg
-from onnx import helper
 
 from onnxprune.fidelity import session
+from onnxprune.probe import probe_model
 from onnxprune.unfold import Conv2dGeometry, rows_of, unfold
 from onnxprune.unstructured import obs_prune, wanda_mask
 
@@ -150,24 +149,6 @@ def _chunks(x: np.ndarray, kernel: Sequence[int]) -> Iterable[np.ndarray]:
     step = max(1, _ROW_ELEMENTS // per_sample)
     for start in range(0, x.shape[0], step):
         yield x[start : start + step]
-
-
-def probe_model(
-    model: onnx.ModelProto, feeds: Sequence[str], fetch: Sequence[str]
-) -> onnx.ModelProto:
-    """A copy whose initializers `feeds` are graph inputs and tensors `fetch` are outputs."""
-    probe = copy.deepcopy(model)
-    inits = {i.name: i for i in probe.graph.initializer}
-    for name in feeds:
-        init = inits[name]
-        probe.graph.input.append(helper.make_tensor_value_info(name, init.data_type, init.dims))
-        probe.graph.initializer.remove(init)
-    existing = {o.name for o in probe.graph.output}
-    for name in fetch:
-        if name not in existing:
-            probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-            existing.add(name)
-    return probe
 
 
 def prune_sequential(

@@ -18,17 +18,6 @@ from onnxprune.sensitivity import consumers_of, gram_matrices, group_curve
 log = logging.getLogger("onnxprune")
 
 
-def parse_layer_ratio(text: str) -> tuple[str, float]:
-    glob, sep, value = text.rpartition("=")
-    try:
-        ratio = float(value)
-    except ValueError:
-        ratio = -1.0
-    if not sep or not glob or not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--layer-ratio '{text}' is not GLOB=R with R in [0, 1)")
-    return glob, ratio
-
-
 class AllocatePass(Pass):
     name = "allocate"
     description = "Per-group ratios: uniform, or greedy on measured re-fit sensitivity."
