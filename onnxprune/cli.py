@@ -101,9 +101,9 @@ def main() -> None:
 )
 @click.option(
     "--criterion",
-    default="l1",
-    show_default=True,
-    help=f"Filter importance criterion: {', '.join(sorted(CRITERIA))}.",
+    default=None,
+    help=f"Filter importance criterion: {', '.join(sorted(CRITERIA))} "
+    "[default: energy with --calib, else l1].",
 )
 @click.option(
     "--report", "report_path", type=click.Path(path_type=Path), help="Write the JSON report here."

@@ -494,3 +494,38 @@ def test_estimate_command_is_registered(workdir):
     result = invoke("estimate", workdir / "vgg_digits.onnx", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["macs"]["dense"] > 0
+
+
+def test_cli_defaults_match_the_api(workdir):
+    """With --calib the CLI must choose what prune() chooses: energy, sensitivity, repair."""
+    report = workdir / "r.json"
+    result = invoke(
+        workdir / "resnet_digits.onnx",
+        "--filters",
+        "0.5",
+        "--calib",
+        workdir / "calib.npz",
+        "-o",
+        workdir / "o.onnx",
+        "--report",
+        report,
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["plan"]["criterion"] == "energy"
+    assert data["allocation"]["mode"] == "sensitivity"
+    assert data["reconstruction"] and "stats" in data["timings"]
+    plain = invoke(
+        workdir / "resnet_digits.onnx",
+        "--filters",
+        "0.5",
+        "-o",
+        workdir / "p.onnx",
+        "--report",
+        report,
+        "-q",
+    )
+    assert plain.exit_code == 0
+    data = json.loads(report.read_text())
+    assert data["plan"]["criterion"] == "l1" and data["allocation"]["mode"] == "uniform"
