@@ -200,7 +200,7 @@ def check_gradients(model, feeds, weights, activations, labels, seed=0, entries=
     assert checked > 0
 
 
-def run_case(case: Case, seed: int = 0) -> None:
+def check_case(case: Case, seed: int = 0) -> None:
     model, feeds, weights = _op_model(case)
     model = _with_head(model, feeds, seed)
     labels = _i([seed % CLASSES])
@@ -445,7 +445,7 @@ CASES = {**_conv_cases(), **_dense_cases(), **_elementwise_cases(), **_movement_
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_rule_matches_finite_differences(name: str) -> None:
-    run_case(CASES[name])
+    check_case(CASES[name])
 
 
 CONV_CASES = sorted(k for k, v in CASES.items() if v.op in ("Conv", "ConvTranspose"))
@@ -455,7 +455,7 @@ CONV_CASES = sorted(k for k, v in CASES.items() if v.op in ("Conv", "ConvTranspo
 def test_conv_rules_without_the_patch_gemm(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Large layers take the swapped-convolution weight gradient; force it here.
     monkeypatch.setattr("onnxprune.autodiff.rules.PATCH_LIMIT", 0)
-    run_case(CASES[name], seed=1)
+    check_case(CASES[name], seed=1)
 
 
 def test_every_rule_is_tested_and_is_an_onnx_op() -> None:
@@ -652,7 +652,7 @@ def test_unknown_names_are_usage_errors() -> None:
 
 
 def test_old_opset_is_upgraded() -> None:
-    run_case(Case("Squeeze", [_d((2, 1, 3), 4)], {"axes": [1]}, opset=11))
+    check_case(Case("Squeeze", [_d((2, 1, 3), 4)], {"axes": [1]}, opset=11))
 
 
 def test_bad_labels_and_feeds_are_calibration_errors() -> None:
