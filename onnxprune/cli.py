@@ -15,6 +15,7 @@ import click
 from onnxprune import __version__
 from onnxprune.api import PruneOptions, default_output, prune
 from onnxprune.calib import parse_input_shape
+from onnxprune.cli_options import input_shape_option
 from onnxprune.criteria import CRITERIA
 from onnxprune.errors import EXIT_CODES, PruneError
 
@@ -88,7 +89,8 @@ def main() -> None:
 @click.option(
     "--calib",
     type=click.Path(path_type=Path),
-    help=".npz of calibration inputs keyed by input name (first axis = samples).",
+    help="Calibration inputs: FILE.npz keyed by input name (first axis = samples), a folder "
+    "of .npy, or script.py[:function] yielding batches.",
 )
 @click.option(
     "--calib-samples",
@@ -129,13 +131,7 @@ def main() -> None:
     is_flag=True,
     help="Keep all shapes; zero every pruned channel at its consumers instead.",
 )
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME:D0,D1,...",
-    help="Concrete shape for an input with dynamic dims (repeatable).",
-)
+@input_shape_option
 @click.option(
     "--plan",
     "plan_path",
@@ -369,13 +365,7 @@ def prune_command(
 @main.command("analyze")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME:D0,D1,...",
-    help="Concrete shape for an input with dynamic dims (repeatable).",
-)
+@input_shape_option
 @click.option("-v", "--verbose", count=True, help="More detail.")
 def analyze_command(
     model: Path, as_json: bool, input_shapes: tuple[str, ...], verbose: int
@@ -412,7 +402,7 @@ def analyze_command(
     type=click.Path(path_type=Path),
     help="Write a PNG of the curves (needs matplotlib: pip install 'onnxprune[plot]').",
 )
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D0,D1,...")
+@input_shape_option
 @click.option("-v", "--verbose", count=True, help="More detail.")
 def sensitivity_command(
     model: Path,

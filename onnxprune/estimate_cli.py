@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from onnxprune.cli_options import input_shape_option
 from onnxprune.errors import PruneError
 from onnxprune.estimate.profiles import BUILTIN
 from onnxprune.sparse import VALUE_TYPES
@@ -133,13 +134,7 @@ def run_estimate(
     metavar="OUT.png",
     help="Write a stacked bar chart of energy per inference (needs matplotlib).",
 )
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    multiple=True,
-    metavar="NAME:D0,D1,...",
-    help="Concrete shape for an input with dynamic dims (repeatable).",
-)
+@input_shape_option
 @click.option("-v", "--verbose", count=True, help="Tracebacks for internal errors.")
 def estimate_command(
     model: Path,
