@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
+from tqdm import tqdm
 
 from onnxprune.errors import CalibrationError, UsageError
 from onnxprune.graph import Dim, real_inputs, value_shape
@@ -110,7 +111,17 @@ class Calibration:
             self._samples = sum(next(iter(b.values())).shape[0] for b in self.batches())
         return self._samples
 
-    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+    def batches(self, desc: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Validated batches; with `desc`, a progress bar on a terminal (none in logs/CI)."""
+        if desc is None:
+            yield from self._batches()
+            return
+        total = -(-self._samples // self.batch_size) if self._samples else None
+        yield from tqdm(
+            self._batches(), desc=desc, total=total, unit="batch", leave=False, disable=None
+        )
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         served = 0
         pending: list[dict[str, np.ndarray]] = []
         pending_n = 0

@@ -39,7 +39,7 @@ def sensitivity(
     groups = [g for g in ctx.groups if g.prunable]
     consumers = {g.id: consumers_of(g, ctx.original) for g in groups}
     grams = gram_matrices(
-        ctx.original, [c for cs in consumers.values() for c in cs], ctx.calibration.batches()
+        ctx.original, [c for cs in consumers.values() for c in cs], ctx.calibration.batches("grams")
     )
     grid = [round(float(r), 6) for r in np.arange(0.0, 0.95 + 1e-9, step)]
     macs = node_macs(ctx.original, ctx.input_shapes)

@@ -123,7 +123,7 @@ class AllocatePass(Pass):
     def _curves(ctx: Context, groups: list[Group], grid: list[float]) -> dict:
         consumers = {g.id: consumers_of(g, ctx.original) for g in groups}
         everyone = [c for cs in consumers.values() for c in cs]
-        grams = gram_matrices(ctx.original, everyone, ctx.calibration.batches())
+        grams = gram_matrices(ctx.original, everyone, ctx.calibration.batches("sensitivity"))
         return {
             g.id: group_curve(g, consumers[g.id], grams, ctx.scores[g.id], grid) for g in groups
         }

@@ -37,7 +37,7 @@ class GradientsPass(Pass):
         taylor: dict[str, ChannelSums | None] = dict.fromkeys(acts)
         samples = 0
         labels = ctx.calibration.label_batches() if ctx.calibration.labels is not None else None
-        for feeds in ctx.calibration.batches():
+        for feeds in ctx.calibration.batches("gradients"):
             batch = session.run(feeds, next(labels) if labels else None)
             n = batch.batch_size
             samples += n

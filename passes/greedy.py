@@ -20,7 +20,9 @@ class GreedyPass(Pass):
         groups = [g for g in ctx.groups if g.prunable]
         consumers = {g.id: consumers_of(g, ctx.original) for g in groups}
         grams = gram_matrices(
-            ctx.original, [c for cs in consumers.values() for c in cs], ctx.calibration.batches()
+            ctx.original,
+            [c for cs in consumers.values() for c in cs],
+            ctx.calibration.batches("grams"),
         )
         ctx.saliency = {
             g.id: {"reconstruction": elimination_scores(g.channels, consumers[g.id], grams)}

@@ -20,7 +20,7 @@ class StatsPass(Pass):
         consumer_inputs = {n.name: n.inputs[0].name for n in ctx.graph.nodes if n.inputs}
         prunable = [g for g in ctx.groups if g.prunable]
         ctx.stats = collect(
-            ctx.original, prunable, consumer_inputs, ctx.shapes, ctx.calibration.batches()
+            ctx.original, prunable, consumer_inputs, ctx.shapes, ctx.calibration.batches("stats")
         )
         missing = [g.id for g in prunable if g.id not in ctx.stats]
         if missing:

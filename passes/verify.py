@@ -39,7 +39,7 @@ class VerifyPass(Pass):
         reference = session(ctx.source)
         candidate = session(ctx.pruned)
         labels = ctx.calibration.label_batches() if ctx.calibration.labels is not None else None
-        results = compare(reference, candidate, ctx.calibration.batches(), labels)
+        results = compare(reference, candidate, ctx.calibration.batches("verify"), labels)
         ctx.fidelity = {
             "inputs": ctx.calibration.source,
             "samples": ctx.calibration.samples,
