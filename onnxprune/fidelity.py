@@ -24,6 +24,8 @@ def session(model: onnx.ModelProto, threads: int = 0, probe: bool = False) -> or
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Between runs we compute in numpy; spinning ORT worker threads would steal its cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if probe:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:

@@ -82,6 +82,10 @@ class GradientSession:
             source, wrt=wrt, activations=activations, output=output
         )
         self.inputs = [i.name for i in real_inputs(source)]
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            # Callers accumulate in numpy between runs; spinning workers would starve it.
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             self.backward.model.SerializeToString(),
             sess_options=session_options,
