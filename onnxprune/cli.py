@@ -61,7 +61,7 @@ _EXIT_HELP = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES.items())
 @click.group(
     cls=_DefaultToPrune,
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=f"Exit codes:\n\n{_EXIT_HELP}",
+    epilog=f"\b\nExit codes:\n{_EXIT_HELP}",
 )
 @click.version_option(__version__, prog_name="onnxprune")
 def main() -> None:
