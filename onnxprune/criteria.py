@@ -38,10 +38,6 @@ class Criterion:
     needs: str | None  # None, "stats", "saliency" or "greedy": the evidence pass to run first
     score: Scorer
 
-    @property
-    def needs_stats(self) -> bool:
-        return self.needs == "stats"
-
 
 def channel_rows(values: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
     """The slice of `values` owned by each channel, flattened: [C, elements per channel]."""

@@ -59,11 +59,6 @@ class Group:
     def prunable(self) -> bool:
         return self.blocked is None
 
-    @property
-    def shape_fixes(self) -> list[Fix]:
-        """Older name of `fixes` (they were all reshape literals once)."""
-        return self.fixes
-
     def block(self, reason: str, node: str | None) -> None:
         if self.blocked is None:
             self.blocked, self.blocked_node = reason, node

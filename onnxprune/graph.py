@@ -166,17 +166,6 @@ def static_dims(shape: Shape | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape)
 
 
-def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a constant tensor, or None for a variable."""
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    return None
-
-
-def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
-    return graph.tensors()
-
-
 def subgraph_references(graph: gs.Graph) -> set[str]:
     """Names of outer-scope tensors read inside If/Loop/Scan bodies.
 

@@ -11,9 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.graph import fix_input_dims, infer_shapes, static_dims
 
@@ -69,12 +67,6 @@ def node_macs(
     return result
 
 
-def total_macs(
-    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
-) -> int:
-    return int(sum(node_macs(model, input_shapes).values()))
-
-
 def _macs(node: onnx.NodeProto, shapes: Mapping) -> int:
     def dims(name: str) -> tuple[int, ...] | None:
         return static_dims(shapes.get(name))
@@ -103,7 +95,3 @@ def _macs(node: onnx.NodeProto, shapes: Mapping) -> int:
             return 0
         return math.prod(out) * a[-1]
     return 0
-
-
-def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -31,15 +31,6 @@ class Removal:
     tensors: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     fixes: list[Fix] = field(default_factory=list)
 
-    @property
-    def empty(self) -> bool:
-        return not self.params
-
-    @property
-    def shape_fixes(self) -> list[Fix]:
-        """Older name of `fixes`."""
-        return self.fixes
-
     def removed_on(self, tensor: str, axis: int) -> np.ndarray:
         """Positions removed from `axis` of `tensor` by all groups (empty if none)."""
         return self.tensors.get((tensor, axis), np.zeros(0, dtype=np.int64))

@@ -156,10 +156,3 @@ def group_curve(
         per_consumer.append([errors[len(others) + k * owned.shape[1]] for k in kept])
     mean = np.mean(per_consumer, axis=0) if per_consumer else np.zeros(len(ratios))
     return Curve(group.id, list(ratios), [float(e) for e in mean])
-
-
-def _kept_columns(consumer: Consumer, keep: np.ndarray) -> np.ndarray:
-    d = consumer.weight.shape[1]
-    removed = np.setdiff1d(np.arange(consumer.columns.shape[0]), keep)
-    dropped = consumer.columns[removed].reshape(-1)
-    return np.setdiff1d(np.arange(d), dropped)

@@ -34,10 +34,6 @@ class ChannelStats:
     energy: np.ndarray  # mean of x²
     apoz: np.ndarray  # fraction of exact zeros
 
-    @property
-    def variance(self) -> np.ndarray:
-        return np.maximum(self.energy - self.mean**2, 0.0)
-
 
 def watched_tensor(group: Group, consumer_inputs: Mapping[str, str]) -> TensorAxis | None:
     """The group tensor read by a consuming layer, preferring one channel per position."""

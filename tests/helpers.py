@@ -8,7 +8,6 @@ except the plan's choice of channels.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ def masked_original(
     """`reference` with every pruned channel zeroed on the input of each layer that reads it."""
     model = onnx.ModelProto()
     model.CopyFrom(reference)
-    sizes = _axis_sizes(model)
+    sizes = _inferred(model)
     shapes = {k: len(v) for k, v in sizes.items()}
     by_id = {g.id: g for g in groups}
     # (consumer node, input tensor) -> (axis, removed positions)
@@ -87,14 +86,6 @@ def _inferred(model: onnx.ModelProto) -> dict[str, list]:
     return dims
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    return {k: len(v) for k, v in _inferred(model).items()}
-
-
-def _axis_sizes(model: onnx.ModelProto) -> dict[str, list]:
-    return _inferred(model)
-
-
 def assert_outputs_close(
     a: Sequence[np.ndarray], b: Sequence[np.ndarray], rtol: float = 1e-4
 ) -> None:
@@ -105,15 +96,6 @@ def assert_outputs_close(
         scale = max(float(np.max(np.abs(x))), 1e-6)
         err = float(np.max(np.abs(x - y))) if x.size else 0.0
         assert err <= rtol * scale + 1e-6, f"max |diff| {err} vs scale {scale}"
-
-
-def group_channels(groups: Sequence[Group]) -> dict[str, int]:
-    """Channels per prunable group, keyed by first root (for readable assertions)."""
-    out: dict[str, int] = defaultdict(int)
-    for g in groups:
-        if g.prunable:
-            out[g.roots[0]] = g.channels
-    return dict(out)
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 1, dynamic: int = 2) -> dict[str, np.ndarray]:

@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
-import numpy as np
-import onnx
 from benchlib import ROOT, machine, markdown_table, update_section
-from onnx import numpy_helper
+from han_alexnet import alexnet_models
 
 from onnxprune.estimate import estimate, load_profile, plot_energy
 from onnxprune.estimate.report import human_bytes, human_count, human_energy
-from onnxprune.passes import PASSES
-from onnxprune.pipeline import Context, run_pipeline
-from onnxprune.unstructured import magnitude_mask
 
-ALEXNET = Path(onnx.__file__).parent / "backend/test/data/light/light_bvlc_alexnet.onnx"
-KEPT = {"conv1": 0.84, "conv2": 0.38, "conv3": 0.35, "conv4": 0.37, "conv5": 0.37,
-        "fc6": 0.09, "fc7": 0.09, "fc8": 0.25}  # fmt: skip
 DOC = ROOT / "README.md"
 PLOT = ROOT / "docs" / "estimate-alexnet.png"
 BEGIN, END = "<!-- bench_estimate:begin -->", "<!-- bench_estimate:end -->"
@@ -40,23 +31,6 @@ CASES = (
     ("eie-64pe", "eie-64pe", None, ()),
     ("edge-tpu", "edge-tpu", None, ()),
 )
-
-
-def alexnet(seed: int = 0) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    ctx = run_pipeline([PASSES["load"](path=str(ALEXNET)), PASSES["normalize"]()], Context())
-    dense, pruned = onnx.ModelProto(), onnx.ModelProto()
-    dense.CopyFrom(ctx.original)
-    pruned.CopyFrom(ctx.original)
-    rng = np.random.default_rng(seed)
-    for i, init in enumerate(ctx.original.graph.initializer):
-        if init.data_type != onnx.TensorProto.FLOAT:
-            continue
-        w = (rng.standard_normal(tuple(init.dims)) * 0.01).astype(np.float32)
-        dense.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, init.name))
-        if init.name.endswith("_w_0"):
-            w = w * magnitude_mask(w, 1.0 - KEPT[init.name.split("_")[0]])
-        pruned.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, init.name))
-    return dense, pruned
 
 
 def row(label: str, which: str, r: dict) -> list[str]:
@@ -72,7 +46,7 @@ def row(label: str, which: str, r: dict) -> list[str]:
 
 def main() -> None:
     start = time.perf_counter()
-    dense, pruned = alexnet()
+    dense, pruned = alexnet_models()
     setup = time.perf_counter() - start
     rows, timings, plots = [], [], []
     eie_fc = None

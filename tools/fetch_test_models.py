@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "test-models"
@@ -80,8 +79,10 @@ def fetch_ppocr(cache: Path = CACHE) -> dict[str, Path]:
 def fold_weights(model: onnx.ModelProto, seed: int | None = None) -> onnx.ModelProto:
     """The model with computed weights folded into initializers (onnxprune's own fold).
 
-    With `seed`, the folded weights are also replaced by random ones (see
-    `randomize_weights`) before the model is serialized: one pass over 500 MB, not two.
+    With `seed`, the folded weights are also replaced by seeded random ones (He-scaled
+    filters, positive BN variances, multiplicative constants near 1, additive near 0, so
+    outputs neither vanish nor explode) before the model is serialized: one pass over
+    500 MB, not two.
     """
     import onnx_graphsurgeon as gs
 
@@ -140,32 +141,6 @@ def _random_like(kind: str, shape: tuple[int, ...], rng: np.random.Generator) ->
         return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     values = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
     return values + np.float32(1.0) if kind == "scale" else values
-
-
-def randomize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """Replace every float weight by seeded random values of the same shape, in place.
-
-    Filters get He-scaled normals (activations stay finite through deep stacks), BN
-    variances are positive, multiplicative constants stay near 1 and additive ones
-    near 0, so outputs neither vanish nor explode and an oracle can see a difference.
-    Scalars and operands that are not weights (Resize scales, Clip bounds) are kept.
-    """
-    rng = np.random.default_rng(seed)
-    kinds = _weight_kinds(
-        (
-            n.op_type,
-            {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute},
-            list(n.input),
-        )
-        for n in model.graph.node
-    )
-    for i, init in enumerate(model.graph.initializer):
-        if init.data_type != onnx.TensorProto.FLOAT:
-            continue
-        values = _random_like(kinds.get(init.name, "keep"), tuple(init.dims), rng)
-        if values is not None:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, init.name))
-    return model
 
 
 def logits_out(model: onnx.ModelProto) -> onnx.ModelProto:
